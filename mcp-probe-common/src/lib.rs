@@ -1,0 +1,292 @@
+//! The ABI between `mcp-probe-ebpf` (kernel) and `mcp-probe` (agent).
+//!
+//! Everything crossing the boundary is `#[repr(C)]` with integer fields and explicit
+//! padding, and has its size asserted, so both sides agree on every byte. Kinds and flags
+//! are plain integers that the agent decodes with `TryFrom`.
+#![no_std]
+
+/// Name of the ring buffer carrying [`EventHeader`] records followed by payload bytes.
+pub const EVENTS_MAP: &str = "EVENTS";
+/// Default ring buffer size in bytes (power of two). See KERNEL-COSTS.md rule 7.
+pub const DEFAULT_RING_BYTES: u32 = 16 << 20;
+/// Name of the per-CPU statistics array, indexed by [`Stat`].
+pub const STATS_MAP: &str = "STATS";
+/// Name of the per-file-descriptor verdict cache.
+pub const FDS_MAP: &str = "FDS";
+/// Name of the per-stream state map.
+pub const STREAMS_MAP: &str = "STREAMS";
+/// Name of the global holding [`KernelOffsets`].
+pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+/// Name of the global holding the wake-up threshold in bytes (u64).
+pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
+
+/// Entries of the per-(tgid, fd) verdict cache (LRU).
+pub const FDS_ENTRIES: u32 = 65_536;
+/// Entries of the per-stream state map (LRU).
+pub const STREAMS_ENTRIES: u32 = 16_384;
+/// Entries of the per-thread in-flight syscall map (LRU).
+pub const INFLIGHT_ENTRIES: u32 = 16_384;
+
+/// Largest payload carried by one record. Bigger syscalls are split into several records.
+pub const MAX_CHUNK: usize = 256 * 1024;
+/// Most records one syscall may produce; the rest is counted as truncated.
+pub const MAX_RECORDS_PER_SYSCALL: usize = 64;
+/// Most iovec entries of one readv/writev that are captured; the rest is counted as truncated.
+pub const MAX_IOV: usize = 16;
+/// Bytes of the end of a truncated syscall that are still captured, so the agent still
+/// sees the newline that ends an oversized message and can size it exactly.
+pub const TAIL_BYTES: usize = 4096;
+/// A stream whose first this-many chunks do not look like JSON-RPC is ignored for good.
+pub const MAX_PROBES: u32 = 64;
+
+/// Record kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum EventKind {
+    /// Bytes read from or written to a followed stream.
+    Data = 1,
+    /// Bytes of a followed stream that were not captured (truncation); header only.
+    Gap = 2,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            1 => Ok(Self::Data),
+            2 => Ok(Self::Gap),
+            other => Err(other),
+        }
+    }
+}
+
+/// Direction of a record, from the point of view of the process making the syscall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u32)]
+pub enum Direction {
+    /// The process read these bytes (it received them).
+    Read = 0,
+    /// The process wrote these bytes (it sent them).
+    Write = 1,
+}
+
+impl TryFrom<u32> for Direction {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            0 => Ok(Self::Read),
+            1 => Ok(Self::Write),
+            other => Err(other),
+        }
+    }
+}
+
+/// What kind of file a stream is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum StreamKind {
+    /// An anonymous pipe or a named FIFO.
+    Pipe = 1,
+    /// A socket (unix or inet).
+    Socket = 2,
+}
+
+impl TryFrom<u32> for StreamKind {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            1 => Ok(Self::Pipe),
+            2 => Ok(Self::Socket),
+            other => Err(other),
+        }
+    }
+}
+
+/// Syscall that produced a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Syscall {
+    Read = 0,
+    Write = 1,
+    Readv = 2,
+    Writev = 3,
+}
+
+impl Syscall {
+    pub const fn direction(self) -> Direction {
+        match self {
+            Self::Read | Self::Readv => Direction::Read,
+            Self::Write | Self::Writev => Direction::Write,
+        }
+    }
+    pub const fn is_vectored(self) -> bool {
+        matches!(self, Self::Readv | Self::Writev)
+    }
+}
+
+impl TryFrom<u32> for Syscall {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        match v {
+            0 => Ok(Self::Read),
+            1 => Ok(Self::Write),
+            2 => Ok(Self::Readv),
+            3 => Ok(Self::Writev),
+            other => Err(other),
+        }
+    }
+}
+
+/// Header of every ring buffer record; `captured_len` payload bytes follow it.
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct EventHeader {
+    /// [`EventKind`].
+    pub kind: u32,
+    /// [`Syscall`].
+    pub syscall: u32,
+    /// `bpf_ktime_get_ns()` at syscall exit (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    pub tgid: u32,
+    pub tid: u32,
+    pub comm: [u8; 16],
+    /// Stream identity: the kernel address of the file's inode. Both ends of a pipe share it.
+    pub stream_id: u64,
+    /// The inode number (pipe:[N] / socket:[N] in /proc/PID/fd).
+    pub ino: u64,
+    /// [`StreamKind`].
+    pub stream_kind: u32,
+    /// The file descriptor used by the syscall.
+    pub fd: u32,
+    /// Offset of the first byte of this record in the stream (per direction), counted from
+    /// when the stream started being followed.
+    pub stream_offset: u64,
+    /// The syscall's return value: the real byte count of the whole syscall.
+    pub syscall_len: u64,
+    /// Offset of this record's bytes within the syscall's bytes.
+    pub syscall_offset: u64,
+    /// Payload bytes following the header (for `Gap`: 0).
+    pub captured_len: u32,
+    /// For `Gap`: bytes missing starting at `stream_offset`. Otherwise 0.
+    pub gap_len: u32,
+}
+
+pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
+const _: () = assert!(EVENT_HEADER_LEN == 96);
+
+/// Per-CPU statistics kept by the kernel programs (index into the `STATS` array).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Stat {
+    /// Records submitted to the ring buffer.
+    RecordsSubmitted = 0,
+    /// Records that did not fit in the ring buffer.
+    RingbufFullRecords = 1,
+    /// Payload bytes lost because the ring buffer was full.
+    RingbufFullBytes = 2,
+    /// Records lost because reading user memory failed.
+    ReadFailedRecords = 3,
+    /// Payload bytes lost because reading user memory failed.
+    ReadFailedBytes = 4,
+    /// Bytes of followed streams beyond the per-syscall capture limit.
+    TruncatedBytes = 5,
+    /// Syscalls on followed streams.
+    FollowedSyscalls = 6,
+    /// Failures to resolve an fd to its file (kernel read failed).
+    FdLookupFailed = 7,
+    /// Streams that started being followed.
+    StreamsFollowed = 8,
+    /// Streams ignored after their first bytes did not look like JSON-RPC.
+    StreamsIgnored = 9,
+    /// Syscall entries that could not be remembered for their exit (in-flight map full).
+    InflightInsertFailed = 10,
+    /// Records whose payload was cut short of the syscall's bytes (tail capture of an
+    /// oversized syscall): the gap bytes are in `TruncatedBytes`.
+    TruncatedSyscalls = 11,
+}
+
+pub const STAT_COUNT: u32 = 12;
+
+impl Stat {
+    pub const ALL: [Stat; STAT_COUNT as usize] = [
+        Stat::RecordsSubmitted,
+        Stat::RingbufFullRecords,
+        Stat::RingbufFullBytes,
+        Stat::ReadFailedRecords,
+        Stat::ReadFailedBytes,
+        Stat::TruncatedBytes,
+        Stat::FollowedSyscalls,
+        Stat::FdLookupFailed,
+        Stat::StreamsFollowed,
+        Stat::StreamsIgnored,
+        Stat::InflightInsertFailed,
+        Stat::TruncatedSyscalls,
+    ];
+}
+
+/// Verdict on a stream or on a (tgid, fd) pair.
+pub mod verdict {
+    /// Not decided yet: first bytes are still being checked.
+    pub const PROBING: u32 = 1;
+    /// Carries JSON-RPC (or HTTP later): every byte is captured.
+    pub const FOLLOWED: u32 = 2;
+    /// Not MCP traffic: skipped with one map lookup.
+    pub const IGNORED: u32 = 3;
+}
+
+/// Value of the `FDS` map, keyed by `(tgid << 32) | fd`.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct FdState {
+    pub verdict: u32,
+    /// [`StreamKind`], 0 when the fd is not a pipe or socket.
+    pub kind: u32,
+    /// Kernel address of the `struct file` the fd pointed to when this entry was made.
+    pub file: u64,
+    /// Stream id (inode address), 0 when the fd is ignored.
+    pub stream_id: u64,
+    /// Inode number of the stream.
+    pub ino: u64,
+}
+const _: () = assert!(core::mem::size_of::<FdState>() == 32);
+
+/// Value of the `STREAMS` map, keyed by stream id (inode address).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct StreamState {
+    pub verdict: u32,
+    /// [`StreamKind`].
+    pub kind: u32,
+    pub ino: u64,
+    /// First bytes that did not look like JSON-RPC so far.
+    pub probes_failed: u32,
+    pub _pad: u32,
+    /// Next stream offset per [`Direction`] (read, write).
+    pub offsets: [u64; 2],
+}
+const _: () = assert!(core::mem::size_of::<StreamState>() == 40);
+
+/// Kernel struct member offsets, read from BTF by the agent at start-up and handed to the
+/// programs as a global. All in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct KernelOffsets {
+    pub task_struct_files: u64,
+    pub files_struct_fdt: u64,
+    pub fdtable_max_fds: u64,
+    pub fdtable_fd: u64,
+    pub file_f_inode: u64,
+    pub inode_i_mode: u64,
+    pub inode_i_ino: u64,
+    /// Offset of `child_pid` in the `sched:sched_process_fork` tracepoint record.
+    pub fork_child_pid: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), integer-only, with explicit padding.
+    unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::FdState {}
+    unsafe impl aya::Pod for super::StreamState {}
+    unsafe impl aya::Pod for super::EventHeader {}
+}

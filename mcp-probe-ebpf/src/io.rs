@@ -1,0 +1,246 @@
+//! Hooks on read, write, readv and writev.
+//!
+//! Entry: one `FDS` lookup; an ignored descriptor returns at once. Otherwise the arguments
+//! are kept in `INFLIGHT` for the exit hook.
+//! Exit: resolve the descriptor to its stream, decide from the first bytes whether the
+//! stream carries JSON-RPC (once per stream), and copy the bytes of followed streams.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use mcp_probe_common::{verdict, FdState, Stat, StreamState, Syscall, MAX_PROBES};
+
+use crate::{
+    capture,
+    fdtable::{current_file, file_info},
+    maps::{Inflight, FDS, INFLIGHT, STREAMS},
+    stats,
+};
+
+/// Offsets of the syscall tracepoint fields (stable ABI: `__syscall_nr` then 8-byte args).
+const ARG0: usize = 16;
+const ARG1: usize = 24;
+const ARG2: usize = 32;
+const RET: usize = 16;
+
+#[tracepoint]
+pub fn sys_enter_read(ctx: TracePointContext) -> u32 {
+    on_enter(&ctx, Syscall::Read)
+}
+
+#[tracepoint]
+pub fn sys_enter_write(ctx: TracePointContext) -> u32 {
+    on_enter(&ctx, Syscall::Write)
+}
+
+#[tracepoint]
+pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
+    on_enter(&ctx, Syscall::Readv)
+}
+
+#[tracepoint]
+pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
+    on_enter(&ctx, Syscall::Writev)
+}
+
+/// One program serves the exits of all four syscalls: the syscall is in `INFLIGHT`.
+#[tracepoint]
+pub fn sys_exit_rw(ctx: TracePointContext) -> u32 {
+    on_exit(&ctx)
+}
+
+#[inline(always)]
+pub fn fd_key(tgid: u64, fd: u32) -> u64 {
+    (tgid << 32) | fd as u64
+}
+
+#[inline(always)]
+fn on_enter(ctx: &TracePointContext, syscall: Syscall) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: offsets from the syscall tracepoint format (see module consts).
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(ARG0) }) else {
+        return 0;
+    };
+    if fd > i32::MAX as u64 {
+        return 0;
+    }
+    let fd = fd as u32;
+    // The only work an ignored descriptor costs.
+    // SAFETY: the value is copied out before any other map operation.
+    if let Some(state) = unsafe { FDS.get(fd_key(pid_tgid >> 32, fd)) } {
+        if state.verdict == verdict::IGNORED {
+            return 0;
+        }
+    }
+    // SAFETY: as above.
+    let (Ok(buf), Ok(count)) = (unsafe { ctx.read_at::<u64>(ARG1) }, unsafe {
+        ctx.read_at::<u64>(ARG2)
+    }) else {
+        return 0;
+    };
+    let inflight = Inflight {
+        syscall: syscall as u32,
+        fd,
+        buf,
+        count,
+    };
+    if INFLIGHT.insert(pid_tgid, inflight, 0).is_err() {
+        stats::add(Stat::InflightInsertFailed, 1);
+    }
+    0
+}
+
+#[inline(always)]
+fn on_exit(ctx: &TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // SAFETY: copied out before the entry is removed.
+    let Some(inflight) = (unsafe { INFLIGHT.get(pid_tgid) }).copied() else {
+        return 0;
+    };
+    let _ = INFLIGHT.remove(pid_tgid);
+    // SAFETY: `ret` of the sys_exit format.
+    let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
+        return 0;
+    };
+    if ret <= 0 {
+        return 0;
+    }
+    let Ok(syscall) = Syscall::try_from(inflight.syscall) else {
+        return 0;
+    };
+    match try_exit(pid_tgid, &inflight, syscall, ret as u64) {
+        Ok(()) => 0,
+        Err(_) => {
+            stats::add(Stat::FdLookupFailed, 1);
+            0
+        }
+    }
+}
+
+#[inline(always)]
+fn try_exit(pid_tgid: u64, inflight: &Inflight, syscall: Syscall, len: u64) -> Result<(), i64> {
+    let key = fd_key(pid_tgid >> 32, inflight.fd);
+    let file = current_file(inflight.fd)?;
+    if file == 0 {
+        return Ok(());
+    }
+    // SAFETY: copied out at once.
+    let cached = unsafe { FDS.get(key) }.copied();
+    let fd_state = match cached {
+        Some(s) if s.file == file => s,
+        _ => {
+            // New descriptor, or the number now points to another file.
+            let info = file_info(file)?;
+            let state = FdState {
+                verdict: if info.kind == 0 {
+                    verdict::IGNORED
+                } else {
+                    verdict::PROBING
+                },
+                kind: info.kind,
+                file,
+                stream_id: info.inode,
+                ino: info.ino,
+            };
+            let _ = FDS.insert(key, state, 0);
+            state
+        }
+    };
+    if fd_state.verdict == verdict::IGNORED {
+        return Ok(());
+    }
+
+    let stream = match STREAMS.get_ptr_mut(fd_state.stream_id) {
+        // SAFETY: the map value stays valid for this program run.
+        Some(p) if unsafe { (*p).ino } == fd_state.ino => p,
+        _ => {
+            let fresh = StreamState {
+                verdict: verdict::PROBING,
+                kind: fd_state.kind,
+                ino: fd_state.ino,
+                ..StreamState::default()
+            };
+            let _ = STREAMS.insert(fd_state.stream_id, fresh, 0);
+            match STREAMS.get_ptr_mut(fd_state.stream_id) {
+                Some(p) => p,
+                None => return Ok(()),
+            }
+        }
+    };
+    // SAFETY: valid map value pointer (see above); races with other CPUs only affect
+    // counters of one stream, documented in the README.
+    let stream = unsafe { &mut *stream };
+
+    match stream.verdict {
+        verdict::FOLLOWED => {}
+        verdict::IGNORED => {
+            let _ = FDS.insert(
+                key,
+                FdState {
+                    verdict: verdict::IGNORED,
+                    ..fd_state
+                },
+                0,
+            );
+            return Ok(());
+        }
+        _ => {
+            if looks_like_jsonrpc(inflight, syscall, len) {
+                stream.verdict = verdict::FOLLOWED;
+                stats::add(Stat::StreamsFollowed, 1);
+            } else {
+                stream.probes_failed += 1;
+                if stream.probes_failed >= MAX_PROBES {
+                    stream.verdict = verdict::IGNORED;
+                    stats::add(Stat::StreamsIgnored, 1);
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    stats::add(Stat::FollowedSyscalls, 1);
+    let dir = syscall.direction() as usize & 1;
+    let offset = stream.offsets[dir];
+    stream.offsets[dir] = offset + len;
+    capture::emit_syscall(pid_tgid, inflight, syscall, &fd_state, offset, len);
+    Ok(())
+}
+
+/// First non-blank byte of the syscall's data is `{` or `[` (a JSON-RPC message or batch).
+#[inline(always)]
+fn looks_like_jsonrpc(inflight: &Inflight, syscall: Syscall, len: u64) -> bool {
+    let mut ptr = inflight.buf;
+    if syscall.is_vectored() {
+        if inflight.count == 0 {
+            return false;
+        }
+        // SAFETY: user memory read through the helper, failure handled.
+        match unsafe { bpf_probe_read_user(inflight.buf as *const u64) } {
+            Ok(base) => ptr = base,
+            Err(_) => return false,
+        }
+    }
+    // SAFETY: as above; the syscall returned > 0 bytes but may have fewer than 8, so a
+    // failed 8-byte read falls back to one byte.
+    let head: [u8; 8] = match unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) } {
+        Ok(h) => h,
+        Err(_) => match unsafe { bpf_probe_read_user(ptr as *const u8) } {
+            Ok(b) => [b, 0, 0, 0, 0, 0, 0, 0],
+            Err(_) => return false,
+        },
+    };
+    for (i, b) in head.into_iter().enumerate() {
+        if i as u64 >= len {
+            return false;
+        }
+        match b {
+            b' ' | b'\t' | b'\r' | b'\n' => continue,
+            b'{' | b'[' => return true,
+            _ => return false,
+        }
+    }
+    false
+}

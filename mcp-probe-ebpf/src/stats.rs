@@ -1,0 +1,13 @@
+//! Per-CPU counters: every loss and every error ends up here, never swallowed.
+
+use mcp_probe_common::Stat;
+
+use crate::maps::STATS;
+
+#[inline(always)]
+pub fn add(stat: Stat, n: u64) {
+    if let Some(p) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU while we run.
+        unsafe { *p += n };
+    }
+}

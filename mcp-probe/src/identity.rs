@@ -1,0 +1,215 @@
+//! Who a process is: the MCP server name it announced (`serverInfo.name`), or a name
+//! derived from its executable and arguments for processes whose handshake the agent never
+//! saw (servers started before the agent, or the 2026-07-28 stateless protocol).
+
+use std::collections::HashMap;
+
+/// Per-process identity cache, keyed by tgid and checked against the process start time
+/// so a reused pid never inherits an old name.
+#[derive(Default)]
+pub struct Processes {
+    by_tgid: HashMap<u32, ProcessInfo>,
+}
+
+struct ProcessInfo {
+    start_time: Option<u64>,
+    derived_name: String,
+    announced_server_name: Option<String>,
+}
+
+impl Processes {
+    /// The server name for `tgid`: announced if seen, else derived from /proc.
+    pub fn server_name(&mut self, tgid: u32, comm: &str) -> String {
+        let info = self.info(tgid, comm);
+        info.announced_server_name
+            .clone()
+            .unwrap_or_else(|| info.derived_name.clone())
+    }
+
+    /// Records the `serverInfo.name` a process announced.
+    pub fn set_announced_server_name(&mut self, tgid: u32, comm: &str, name: &str) {
+        self.info(tgid, comm).announced_server_name = Some(name.to_owned());
+    }
+
+    fn info(&mut self, tgid: u32, comm: &str) -> &mut ProcessInfo {
+        self.by_tgid.entry(tgid).or_insert_with(|| {
+            let (cmdline, start_time) = read_proc(tgid);
+            let derived_name = derive_name(&cmdline).unwrap_or_else(|| {
+                if comm.is_empty() {
+                    format!("pid-{tgid}")
+                } else {
+                    comm.to_owned()
+                }
+            });
+            ProcessInfo {
+                start_time,
+                derived_name,
+                announced_server_name: None,
+            }
+        })
+    }
+
+    /// Forgets processes that exited or whose pid now belongs to another process.
+    pub fn sweep(&mut self) {
+        self.by_tgid.retain(|&tgid, info| {
+            read_start_time(tgid).is_some() && read_start_time(tgid) == info.start_time
+        });
+    }
+}
+
+fn read_start_time(tgid: u32) -> Option<u64> {
+    procfs::process::Process::new(tgid as i32)
+        .ok()?
+        .stat()
+        .ok()
+        .map(|s| s.starttime)
+}
+
+fn read_proc(tgid: u32) -> (Vec<String>, Option<u64>) {
+    let Ok(p) = procfs::process::Process::new(tgid as i32) else {
+        return (Vec::new(), None);
+    };
+    let cmdline = p.cmdline().unwrap_or_default();
+    (cmdline, p.stat().ok().map(|s| s.starttime))
+}
+
+/// Programs that run a script or package named by a later argument.
+const LAUNCHERS: &[&str] = &[
+    "python", "python3", "node", "nodejs", "deno", "bun", "uv", "uvx", "npx", "pnpm", "yarn",
+    "npm", "ruby", "java", "php", "perl", "sh", "bash", "dash", "env", "tsx", "ts-node", "pipx",
+    "poetry",
+];
+/// Launcher sub-commands that come before the real target.
+const SUBCOMMANDS: &[&str] = &["run", "exec", "x", "dlx", "tool"];
+/// Directory names that say nothing about the program (walk past them to the package).
+const GENERIC_DIRS: &[&str] = &[
+    "dist", "build", "lib", "bin", "src", "out", "target", "release", "debug", "cli", "esm", "cjs",
+];
+/// File stems that say nothing about the program.
+const GENERIC_STEMS: &[&str] = &["index", "main", "server", "cli", "__main__", "app", "run"];
+
+/// Derives a readable server name from a command line, e.g.
+/// `node /x/node_modules/@modelcontextprotocol/server-everything/dist/index.js stdio`
+/// gives `server-everything`, `python3 -m weather_mcp` gives `weather_mcp`.
+pub fn derive_name(cmdline: &[String]) -> Option<String> {
+    let mut args = cmdline.iter().map(String::as_str).filter(|a| !a.is_empty());
+    let mut current = args.next()?;
+    loop {
+        let base = basename(current);
+        let is_launcher = LAUNCHERS.iter().any(|l| {
+            base == *l
+                || (base.starts_with(l)
+                    && base[l.len()..]
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || c == '.'))
+        });
+        if !is_launcher {
+            return Some(program_name(current));
+        }
+        // Skip the launcher's own flags; `-m module` / `-c code` end the search.
+        let mut next = None;
+        while let Some(a) = args.next() {
+            if a == "-m" {
+                return args
+                    .next()
+                    .map(|m| m.to_owned())
+                    .or_else(|| Some(base.to_owned()));
+            }
+            if a == "-c" || a == "-e" {
+                return Some(base.to_owned());
+            }
+            if a.starts_with('-') || a.contains('=') && !a.contains('/') || SUBCOMMANDS.contains(&a)
+            {
+                continue;
+            }
+            next = Some(a);
+            break;
+        }
+        match next {
+            Some(a) => current = a,
+            None => return Some(base.to_owned()),
+        }
+    }
+}
+
+fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+/// A script path or package spec reduced to its most telling component.
+fn program_name(arg: &str) -> String {
+    // npm package spec: @scope/name@version -> name
+    if arg.starts_with('@') && !arg.contains("/node_modules/") && arg.matches('/').count() == 1 {
+        let name = arg.split('/').nth(1).unwrap_or(arg);
+        return name.split('@').next().unwrap_or(name).to_owned();
+    }
+    let parts: Vec<&str> = arg.split('/').filter(|p| !p.is_empty()).collect();
+    let Some((&file, dirs)) = parts.split_last() else {
+        return arg.to_owned();
+    };
+    let stem = file.split('.').next().unwrap_or(file);
+    if !GENERIC_STEMS.contains(&stem) {
+        return if file.ends_with(".py")
+            || file.ends_with(".js")
+            || file.ends_with(".mjs")
+            || file.ends_with(".ts")
+            || file.ends_with(".cjs")
+        {
+            file.to_owned()
+        } else {
+            stem.split('@').next().unwrap_or(stem).to_owned()
+        };
+    }
+    dirs.iter()
+        .rev()
+        .find(|d| !GENERIC_DIRS.contains(d))
+        .map(|d| (*d).to_owned())
+        .unwrap_or_else(|| file.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(cmd: &str) -> Option<String> {
+        derive_name(&cmd.split(' ').map(str::to_owned).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn derives_names_from_command_lines() {
+        assert_eq!(
+            name("/usr/bin/python3.11 /srv/mcp/weather_server.py --stdio").as_deref(),
+            Some("weather_server.py")
+        );
+        assert_eq!(
+            name("python3 -u -m weather_mcp").as_deref(),
+            Some("weather_mcp")
+        );
+        assert_eq!(
+            name(
+                "node /x/node_modules/@modelcontextprotocol/server-everything/dist/index.js stdio"
+            )
+            .as_deref(),
+            Some("server-everything")
+        );
+        assert_eq!(
+            name("npx -y @modelcontextprotocol/server-filesystem@2026.8.31 /tmp").as_deref(),
+            Some("server-filesystem")
+        );
+        assert_eq!(name("uv run server.py").as_deref(), Some("server.py"));
+        assert_eq!(
+            name("uvx mcp-server-git --repository .").as_deref(),
+            Some("mcp-server-git")
+        );
+        assert_eq!(
+            name("/opt/bin/github-mcp-server stdio").as_deref(),
+            Some("github-mcp-server")
+        );
+        assert_eq!(
+            name("/usr/bin/env python3 /a/b/src/main.py").as_deref(),
+            Some("b")
+        );
+        assert_eq!(name("bash -c exec thing").as_deref(), Some("bash"));
+        assert_eq!(derive_name(&[]), None);
+    }
+}

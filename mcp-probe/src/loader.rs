@@ -1,0 +1,170 @@
+//! Loading and attaching the kernel programs, and handing out the maps the agent reads.
+
+use std::{os::fd::AsRawFd, path::Path};
+
+use aya::{
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+    Ebpf, EbpfLoader,
+};
+use mcp_probe_common::{
+    verdict, StreamState, EVENTS_MAP, OFFSETS_GLOBAL, STATS_MAP, STREAMS_MAP, WAKEUP_BYTES_GLOBAL,
+};
+
+use crate::{kernel_offsets, pipeline::StreamControl};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("tracefs is not available at {0} and could not be mounted: {1}")]
+    Tracefs(&'static str, std::io::Error),
+    #[error(transparent)]
+    Offsets(#[from] kernel_offsets::OffsetsError),
+    #[error("loading the eBPF object failed: {0}{hint}", hint = privilege_hint())]
+    Load(#[source] aya::EbpfError),
+    #[error("program {0} is missing from the eBPF object")]
+    MissingProgram(&'static str),
+    #[error("program {name} failed to load or attach to {category}:{tracepoint}: {source}{hint}", hint = privilege_hint())]
+    Attach {
+        name: &'static str,
+        category: &'static str,
+        tracepoint: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {0} is missing or has the wrong type: {1}")]
+    Map(&'static str, String),
+}
+
+fn privilege_hint() -> &'static str {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        " (mcp-probe needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE + CAP_DAC_READ_SEARCH)"
+    } else {
+        ""
+    }
+}
+
+pub const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Hooks: (program, tracepoint category, tracepoint).
+const HOOKS: &[(&str, &str, &str)] = &[
+    ("sys_enter_read", "syscalls", "sys_enter_read"),
+    ("sys_enter_write", "syscalls", "sys_enter_write"),
+    ("sys_enter_readv", "syscalls", "sys_enter_readv"),
+    ("sys_enter_writev", "syscalls", "sys_enter_writev"),
+    ("sys_exit_rw", "syscalls", "sys_exit_read"),
+    ("sys_exit_rw", "syscalls", "sys_exit_write"),
+    ("sys_exit_rw", "syscalls", "sys_exit_readv"),
+    ("sys_exit_rw", "syscalls", "sys_exit_writev"),
+    ("sys_enter_close", "syscalls", "sys_enter_close"),
+    ("sys_enter_dup2", "syscalls", "sys_enter_dup2"),
+    ("sys_enter_dup3", "syscalls", "sys_enter_dup3"),
+    ("sched_process_fork", "sched", "sched_process_fork"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
+];
+
+pub struct Loaded {
+    /// Owns the programs and their links: dropping it detaches everything.
+    pub ebpf: Ebpf,
+    pub events: RingBuf<MapData>,
+    pub stats: PerCpuArray<MapData, u64>,
+    pub streams: KernelStreams,
+    pub attached: Vec<String>,
+}
+
+pub struct LoadOptions {
+    pub ring_bytes: u32,
+    pub wakeup_bytes: u64,
+}
+
+/// Makes sure tracefs is mounted (aya finds tracepoint ids there).
+fn ensure_tracefs() -> Result<(), LoadError> {
+    if Path::new(TRACEFS).join("events").exists() {
+        return Ok(());
+    }
+    let src = c"nodev";
+    let target = c"/sys/kernel/tracing";
+    let fstype = c"tracefs";
+    // SAFETY: valid NUL-terminated strings, no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(LoadError::Tracefs(TRACEFS, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
+    ensure_tracefs()?;
+    let offsets = kernel_offsets::load(TRACEFS)?;
+    tracing::debug!(?offsets, "kernel struct offsets from BTF");
+    let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcp-probe"));
+    let mut ebpf = EbpfLoader::new()
+        .override_global(OFFSETS_GLOBAL, &offsets, true)
+        .override_global(WAKEUP_BYTES_GLOBAL, &opts.wakeup_bytes, true)
+        .map_max_entries(EVENTS_MAP, opts.ring_bytes)
+        .load(object)
+        .map_err(LoadError::Load)?;
+
+    let mut attached = Vec::new();
+    for &(name, category, tracepoint) in HOOKS {
+        let attach_err = |source| LoadError::Attach {
+            name,
+            category,
+            tracepoint,
+            source,
+        };
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or(LoadError::MissingProgram(name))?
+            .try_into()
+            .map_err(attach_err)?;
+        if program.fd().is_err() {
+            program.load().map_err(attach_err)?;
+        }
+        program.attach(category, tracepoint).map_err(attach_err)?;
+        attached.push(format!("{category}:{tracepoint}"));
+    }
+
+    let events = RingBuf::try_from(take(&mut ebpf, EVENTS_MAP)?)
+        .map_err(|e| LoadError::Map(EVENTS_MAP, e.to_string()))?;
+    let stats = PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?)
+        .map_err(|e| LoadError::Map(STATS_MAP, e.to_string()))?;
+    let streams = BpfHashMap::try_from(take(&mut ebpf, STREAMS_MAP)?)
+        .map_err(|e| LoadError::Map(STREAMS_MAP, e.to_string()))?;
+    tracing::debug!(fd = events.as_raw_fd(), "ring buffer ready");
+    Ok(Loaded {
+        ebpf,
+        events,
+        stats,
+        streams: KernelStreams(streams),
+        attached,
+    })
+}
+
+fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError> {
+    ebpf.take_map(name)
+        .ok_or_else(|| LoadError::Map(name, "not in object".into()))
+}
+
+/// The kernel's per-stream state, used to drop streams the agent found not to be JSON-RPC.
+pub struct KernelStreams(pub BpfHashMap<MapData, u64, StreamState>);
+
+impl StreamControl for KernelStreams {
+    fn ignore_stream(&mut self, stream_id: u64) {
+        let Ok(mut state) = self.0.get(&stream_id, 0) else {
+            return;
+        };
+        state.verdict = verdict::IGNORED;
+        if let Err(e) = self.0.insert(stream_id, state, 0) {
+            tracing::debug!(stream_id, error = %e, "could not mark stream ignored");
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! mcp-probe: measures MCP (Model Context Protocol) traffic of every process on the host from
+//! the kernel, and exports Prometheus metrics.
+//!
+//! Data flows one way: loader -> reader (ring buffer) -> decode -> pipeline (reassembly,
+//! framing, JSON-RPC) -> correlate (pairing) -> metrics -> server (/metrics).
+
+mod correlate;
+mod decode;
+mod identity;
+mod kernel_offsets;
+mod loader;
+mod metrics;
+mod pipeline;
+mod protocols;
+mod reader;
+mod server;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use clap::Parser;
+use prometheus_client::registry::Registry;
+
+use crate::{
+    correlate::{Correlator, CorrelatorConfig},
+    metrics::{BuildInfoLabels, Metrics},
+    pipeline::{Pipeline, PipelineConfig},
+};
+
+/// Measures MCP traffic of every process on this host from the kernel (eBPF) and serves
+/// Prometheus metrics. Needs root (or CAP_BPF + CAP_PERFMON).
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address of the metrics endpoint (GET /metrics).
+    #[arg(long, env = "MCP_PROBE_LISTEN", default_value = "0.0.0.0:9464")]
+    listen: SocketAddr,
+    /// A request with no response after this many seconds is counted as a timeout.
+    #[arg(long, env = "MCP_PROBE_REQUEST_TIMEOUT_SECONDS", default_value_t = 300)]
+    request_timeout_seconds: u64,
+    /// Longest message reassembled and parsed; longer ones are counted with their exact
+    /// size as oversized.
+    #[arg(long, env = "MCP_PROBE_MAX_MESSAGE_BYTES", default_value_t = 16 << 20)]
+    max_message_bytes: usize,
+    /// Kernel ring buffer size in bytes (power of two, multiple of the page size).
+    #[arg(long, env = "MCP_PROBE_RING_BYTES", default_value_t = mcp_probe_common::DEFAULT_RING_BYTES)]
+    ring_bytes: u32,
+    /// The kernel wakes the agent when this many bytes are waiting; otherwise it drains
+    /// every --drain-interval-ms.
+    #[arg(long, env = "MCP_PROBE_WAKEUP_BYTES", default_value_t = 1 << 20)]
+    wakeup_bytes: u64,
+    /// Drain interval in milliseconds.
+    #[arg(long, env = "MCP_PROBE_DRAIN_INTERVAL_MS", default_value_t = 5)]
+    drain_interval_ms: u64,
+    /// Distinct mcp_method_name values before new ones become `_other`.
+    #[arg(long, default_value_t = 256)]
+    max_methods: usize,
+    /// Distinct gen_ai_tool_name values before new ones become `_other`.
+    #[arg(long, default_value_t = 1024)]
+    max_tools: usize,
+    /// Distinct gen_ai_prompt_name values before new ones become `_other`.
+    #[arg(long, default_value_t = 256)]
+    max_prompts: usize,
+    /// Distinct mcp_server_name values before new ones become `_other`.
+    #[arg(long, default_value_t = 256)]
+    max_servers: usize,
+    /// Log format.
+    #[arg(long, env = "MCP_PROBE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(&args.log_format);
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    metrics
+        .agent
+        .build_info
+        .get_or_create(&BuildInfoLabels {
+            version: env!("CARGO_PKG_VERSION"),
+            kernel_release: kernel_release.trim().to_owned(),
+        })
+        .set(1);
+
+    let loaded = loader::load(&loader::LoadOptions {
+        ring_bytes: args.ring_bytes,
+        wakeup_bytes: args.wakeup_bytes,
+    })
+    .context("cannot start the kernel side")?;
+    tracing::info!(
+        hooks = loaded.attached.len(),
+        "eBPF programs attached: {}",
+        loaded.attached.join(", ")
+    );
+    let loader::Loaded {
+        ebpf,
+        events,
+        stats,
+        streams,
+        ..
+    } = loaded;
+
+    let correlator = Correlator::new(
+        CorrelatorConfig {
+            request_timeout_ns: args.request_timeout_seconds.saturating_mul(1_000_000_000),
+            max_methods: args.max_methods,
+            max_tools: args.max_tools,
+            max_prompts: args.max_prompts,
+            max_servers: args.max_servers,
+            ..CorrelatorConfig::default()
+        },
+        metrics.clone(),
+    );
+    let pipeline = Pipeline::new(
+        PipelineConfig {
+            max_message_bytes: args.max_message_bytes,
+        },
+        correlator,
+        metrics.agent.clone(),
+        streams,
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader_thread = {
+        let stop = stop.clone();
+        let agent_metrics = metrics.agent.clone();
+        let config = reader::ReaderConfig {
+            drain_interval: Duration::from_millis(args.drain_interval_ms),
+            sweep_interval: Duration::from_secs(1),
+        };
+        std::thread::Builder::new()
+            .name("mcp-probe-reader".into())
+            .spawn(move || reader::run(events, stats, pipeline, agent_metrics, config, stop))
+            .context("cannot start the reader thread")?
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let registry = Arc::new(registry);
+    let served = runtime.block_on(async {
+        let listener = server::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        tracing::info!(address = %args.listen, "serving metrics at /metrics");
+        server::serve(listener, registry, shutdown_signal())
+            .await
+            .context("metrics server failed")
+    });
+
+    tracing::info!("shutting down: draining and detaching");
+    stop.store(true, Ordering::Relaxed);
+    if reader_thread.join().is_err() {
+        tracing::error!("reader thread panicked");
+    }
+    drop(ebpf); // detaches every program and frees the maps
+    served
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -1,0 +1,378 @@
+//! The Prometheus registry: every metric the agent exports, built once at start-up.
+//!
+//! Naming follows the OpenTelemetry MCP semantic conventions where they exist
+//! (`mcp.client.operation.duration` -> `mcp_client_operation_duration_seconds`): `client`
+//! metrics are measured in the process that *sent* a request or notification, `server`
+//! metrics in the process that *received* it. The agent's own health is under `mcp_probe_`.
+
+use std::collections::HashSet;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+/// Buckets of the OpenTelemetry MCP operation and session duration histograms (seconds).
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Message size buckets: 64 B to 64 MiB, powers of four.
+pub const SIZE_BUCKETS: [f64; 11] = [
+    64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
+];
+
+/// Labels of one request's operation (duration histogram, response counters).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub mcp_server_name: String,
+    pub mcp_method_name: String,
+    pub gen_ai_tool_name: Option<String>,
+    pub gen_ai_prompt_name: Option<String>,
+    /// JSON-RPC error code, `tool_error`, or absent for success.
+    pub error_type: Option<String>,
+    pub network_transport: &'static str,
+}
+
+/// Labels of a request without its outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub mcp_server_name: String,
+    pub mcp_method_name: String,
+    pub gen_ai_tool_name: Option<String>,
+    pub gen_ai_prompt_name: Option<String>,
+    pub network_transport: &'static str,
+}
+
+/// Labels of a response count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    pub mcp_server_name: String,
+    pub mcp_method_name: String,
+    pub gen_ai_tool_name: Option<String>,
+    pub gen_ai_prompt_name: Option<String>,
+    /// `ok`, `error` (JSON-RPC error) or `tool_error` (`isError: true`).
+    pub outcome: &'static str,
+    pub error_type: Option<String>,
+    pub network_transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    pub mcp_server_name: String,
+    pub mcp_method_name: String,
+    pub network_transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabels {
+    pub network_transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LabelNameLabels {
+    pub label: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildInfoLabels {
+    pub version: &'static str,
+    pub kernel_release: String,
+}
+
+type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+fn size_histogram() -> Histogram {
+    Histogram::new(SIZE_BUCKETS)
+}
+
+/// One side's (sender's or receiver's) traffic metrics.
+#[derive(Clone)]
+pub struct SideMetrics {
+    pub operation_duration: HistFamily<OperationLabels>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub responses: Family<ResponseLabels, Counter>,
+    pub notifications: Family<NotificationLabels, Counter>,
+    pub timeouts: Family<RequestLabels, Counter>,
+    pub cancellations: Family<RequestLabels, Counter>,
+    pub request_size: HistFamily<RequestLabels>,
+    pub response_size: HistFamily<ResponseLabels>,
+}
+
+impl SideMetrics {
+    fn register(registry: &mut Registry, side: &str, who: &str) -> Self {
+        let m = Self {
+            operation_duration: Family::new_with_constructor(duration_histogram),
+            requests: Family::default(),
+            responses: Family::default(),
+            notifications: Family::default(),
+            timeouts: Family::default(),
+            cancellations: Family::default(),
+            request_size: Family::new_with_constructor(size_histogram),
+            response_size: Family::new_with_constructor(size_histogram),
+        };
+        registry.register(
+            format!("mcp_{side}_operation_duration_seconds"),
+            format!("Duration of MCP requests as observed by the {who}, from the request to its response (kernel timestamps)"),
+            m.operation_duration.clone(),
+        );
+        registry.register(
+            format!("mcp_{side}_requests"),
+            format!("MCP requests observed by the {who}, counted when their outcome is known (response, cancellation or timeout)"),
+            m.requests.clone(),
+        );
+        registry.register(
+            format!("mcp_{side}_responses"),
+            format!("MCP responses observed by the {who}, by outcome"),
+            m.responses.clone(),
+        );
+        registry.register(
+            format!("mcp_{side}_notifications"),
+            format!("MCP notifications observed by the {who}"),
+            m.notifications.clone(),
+        );
+        registry.register(
+            format!("mcp_{side}_request_timeouts"),
+            format!("MCP requests observed by the {who} that got no response within the request timeout"),
+            m.timeouts.clone(),
+        );
+        registry.register(
+            format!("mcp_{side}_request_cancellations"),
+            format!("MCP requests cancelled with notifications/cancelled, observed by the {who}"),
+            m.cancellations.clone(),
+        );
+        registry.register(
+            format!("mcp_{side}_request_size_bytes"),
+            format!("Size of MCP requests observed by the {who} (JSON bytes, without framing)"),
+            m.request_size.clone(),
+        );
+        registry.register(
+            format!("mcp_{side}_response_size_bytes"),
+            format!("Size of MCP responses observed by the {who} (JSON bytes, without framing)"),
+            m.response_size.clone(),
+        );
+        m
+    }
+}
+
+/// The agent's own counters.
+#[derive(Clone, Default)]
+pub struct AgentMetrics {
+    pub records: Counter,
+    pub captured_bytes: Counter,
+    pub kernel_records: Counter,
+    pub lost_records: Family<ReasonLabels, Counter>,
+    pub lost_bytes: Family<ReasonLabels, Counter>,
+    pub followed_syscalls: Counter,
+    pub streams_followed: Counter,
+    pub streams_ignored: Family<ReasonLabels, Counter>,
+    pub kernel_errors: Family<ReasonLabels, Counter>,
+    pub parse_errors: Family<ReasonLabels, Counter>,
+    pub messages: Counter,
+    pub unconfirmed_lines: Counter,
+    pub oversized_messages: Counter,
+    pub resync_discarded_bytes: Counter,
+    pub unpaired_responses: Family<TransportLabels, Counter>,
+    pub late_responses: Counter,
+    pub tracked_streams: Gauge,
+    pub pending_requests: Gauge,
+    pub buffered_bytes: Gauge,
+    pub label_overflow: Family<LabelNameLabels, Counter>,
+    pub build_info: Family<BuildInfoLabels, Gauge>,
+}
+
+impl AgentMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry;
+        r.register(
+            "mcp_probe_records",
+            "Ring buffer records received by the agent",
+            m.records.clone(),
+        );
+        r.register(
+            "mcp_probe_captured_bytes",
+            "Payload bytes received from the kernel",
+            m.captured_bytes.clone(),
+        );
+        r.register(
+            "mcp_probe_kernel_records",
+            "Records the kernel programs submitted to the ring buffer",
+            m.kernel_records.clone(),
+        );
+        r.register(
+            "mcp_probe_lost_records",
+            "Records the kernel could not deliver, by reason (ringbuf_full, read_failed)",
+            m.lost_records.clone(),
+        );
+        r.register("mcp_probe_lost_bytes", "Bytes of followed streams the agent did not see, by reason (ringbuf_full, read_failed, truncated)", m.lost_bytes.clone());
+        r.register(
+            "mcp_probe_followed_syscalls",
+            "read/write-family syscalls on followed streams",
+            m.followed_syscalls.clone(),
+        );
+        r.register(
+            "mcp_probe_streams_followed",
+            "Pipes and sockets whose first bytes looked like JSON-RPC and that were followed",
+            m.streams_followed.clone(),
+        );
+        r.register("mcp_probe_streams_ignored", "Streams dropped from capture, by reason (not_json: first bytes; not_jsonrpc: agent saw JSON that is not JSON-RPC)", m.streams_ignored.clone());
+        r.register(
+            "mcp_probe_kernel_errors",
+            "Kernel-side failures that are not byte losses, by reason",
+            m.kernel_errors.clone(),
+        );
+        r.register("mcp_probe_parse_errors", "Messages that could not be parsed, by reason (invalid_json, not_jsonrpc, oversized, decode)", m.parse_errors.clone());
+        r.register(
+            "mcp_probe_messages",
+            "JSON-RPC messages parsed (each batch element counts)",
+            m.messages.clone(),
+        );
+        r.register("mcp_probe_unconfirmed_lines", "Lines on followed streams that had not carried JSON-RPC yet and did not parse as JSON-RPC (other programs' JSON output; such streams are dropped after 8 lines)", m.unconfirmed_lines.clone());
+        r.register("mcp_probe_oversized_messages", "Messages longer than --max-message-bytes or with uncaptured bytes; sized exactly but not parsed", m.oversized_messages.clone());
+        r.register(
+            "mcp_probe_resync_discarded_bytes",
+            "Bytes skipped to find the next message boundary after a loss",
+            m.resync_discarded_bytes.clone(),
+        );
+        r.register(
+            "mcp_probe_unpaired_responses",
+            "Responses with no matching request on their channel",
+            m.unpaired_responses.clone(),
+        );
+        r.register(
+            "mcp_probe_late_responses",
+            "Responses to requests already counted as cancelled or timed out",
+            m.late_responses.clone(),
+        );
+        r.register(
+            "mcp_probe_tracked_streams",
+            "Stream directions the agent is reassembling now",
+            m.tracked_streams.clone(),
+        );
+        r.register(
+            "mcp_probe_buffered_bytes",
+            "Bytes held for partial messages across all streams",
+            m.buffered_bytes.clone(),
+        );
+        r.register(
+            "mcp_probe_pending_requests",
+            "Requests waiting for their response",
+            m.pending_requests.clone(),
+        );
+        r.register(
+            "mcp_probe_label_overflow",
+            "Label values replaced by _other because the label reached its cardinality cap",
+            m.label_overflow.clone(),
+        );
+        r.register(
+            "mcp_probe_build_info",
+            "Agent version and kernel release (always 1)",
+            m.build_info.clone(),
+        );
+        m
+    }
+}
+
+/// Everything exported.
+#[derive(Clone)]
+pub struct Metrics {
+    pub client: SideMetrics,
+    pub server: SideMetrics,
+    pub agent: AgentMetrics,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Self {
+        Self {
+            client: SideMetrics::register(registry, "client", "sender"),
+            server: SideMetrics::register(registry, "server", "receiver"),
+            agent: AgentMetrics::register(registry),
+        }
+    }
+}
+
+/// Caps the number of distinct values a traffic-derived label may take; values past the cap
+/// become `_other`. Values are also cleaned: at most 128 bytes, no control characters.
+pub struct LabelCap {
+    name: &'static str,
+    cap: usize,
+    seen: HashSet<String>,
+}
+
+pub const OTHER: &str = "_other";
+const MAX_LABEL_BYTES: usize = 128;
+
+impl LabelCap {
+    pub fn new(name: &'static str, cap: usize) -> Self {
+        Self {
+            name,
+            cap,
+            seen: HashSet::new(),
+        }
+    }
+
+    pub fn value(&mut self, raw: &str, overflow: &Family<LabelNameLabels, Counter>) -> String {
+        let clean = clean_label(raw);
+        if self.seen.contains(&clean) {
+            return clean;
+        }
+        if self.seen.len() >= self.cap {
+            overflow
+                .get_or_create(&LabelNameLabels { label: self.name })
+                .inc();
+            return OTHER.to_owned();
+        }
+        self.seen.insert(clean.clone());
+        clean
+    }
+}
+
+fn clean_label(raw: &str) -> String {
+    let mut end = raw.len().min(MAX_LABEL_BYTES);
+    while !raw.is_char_boundary(end) {
+        end -= 1;
+    }
+    raw[..end]
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_cap_buckets_overflow_and_cleans_values() {
+        let overflow = Family::<LabelNameLabels, Counter>::default();
+        let mut cap = LabelCap::new("gen_ai_tool_name", 2);
+        assert_eq!(cap.value("a", &overflow), "a");
+        assert_eq!(cap.value("b\n", &overflow), "b?");
+        assert_eq!(cap.value("a", &overflow), "a");
+        assert_eq!(cap.value("c", &overflow), OTHER);
+        assert_eq!(
+            overflow
+                .get_or_create(&LabelNameLabels {
+                    label: "gen_ai_tool_name"
+                })
+                .get(),
+            1
+        );
+        let long = "é".repeat(100);
+        let mut cap = LabelCap::new("x", 10);
+        let v = cap.value(&long, &overflow);
+        assert!(v.len() <= MAX_LABEL_BYTES && v.chars().all(|c| c == 'é'));
+    }
+}

@@ -1,0 +1,508 @@
+//! JSON-RPC 2.0 message parsing, with the MCP fields the agent needs.
+//!
+//! Parses borrowed: method names and ids point into the input where they have no escapes,
+//! and `params`/`result` are only looked into for the handful of fields that become labels
+//! or identity. Nothing else of the payload is kept.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ParseError {
+    /// Not valid JSON (or not UTF-8).
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    /// Valid JSON that is not a JSON-RPC 2.0 message.
+    #[error("not a JSON-RPC 2.0 message: {0}")]
+    NotJsonRpc(&'static str),
+}
+
+impl ParseError {
+    /// Stable label value for the parse-error counter.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidJson(_) => "invalid_json",
+            Self::NotJsonRpc(_) => "not_jsonrpc",
+        }
+    }
+}
+
+/// A JSON-RPC id. Numbers and strings are distinct (`1` is not `"1"`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Id {
+    Num(i64),
+    /// Non-integer or out-of-range numbers, kept by their text.
+    NumText(String),
+    Str(String),
+}
+
+/// One message.
+#[derive(Debug, PartialEq)]
+pub enum Message<'a> {
+    Request {
+        id: Id,
+        method: Cow<'a, str>,
+        info: RequestInfo<'a>,
+    },
+    Notification {
+        method: Cow<'a, str>,
+        info: RequestInfo<'a>,
+    },
+    Response {
+        id: Id,
+        info: ResultInfo<'a>,
+    },
+    /// An error response; `id` is `None` for `"id": null` (errors about unparsable input).
+    Error {
+        id: Option<Id>,
+        code: i64,
+    },
+}
+
+/// What the agent reads out of `params`.
+#[derive(Debug, Default, PartialEq)]
+pub struct RequestInfo<'a> {
+    /// `params.name` of `tools/call` and `prompts/get`.
+    pub name: Option<Cow<'a, str>>,
+    /// `params.requestId` of `notifications/cancelled`.
+    pub cancelled_id: Option<Id>,
+    /// `clientInfo.name` from `initialize` params or the 2026-07-28 `_meta` key.
+    pub client_name: Option<Cow<'a, str>>,
+    /// Protocol version from `initialize` params or `_meta`.
+    pub protocol_version: Option<Cow<'a, str>>,
+}
+
+/// What the agent reads out of `result`.
+#[derive(Debug, Default, PartialEq)]
+pub struct ResultInfo<'a> {
+    /// `result.isError == true` (a failed tool call).
+    pub is_error: bool,
+    /// `serverInfo.name` (initialize / server/discover) or the `_meta` serverInfo key.
+    pub server_name: Option<Cow<'a, str>>,
+    pub protocol_version: Option<Cow<'a, str>>,
+}
+
+/// A parsed line: one message or a batch.
+#[derive(Debug, PartialEq)]
+pub enum Parsed<'a> {
+    Single(Message<'a>),
+    Batch(Vec<Result<Message<'a>, ParseError>>),
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    jsonrpc: Option<Cow<'a, str>>,
+    /// `Some` also for `"id": null` (plain `Option` would fold null into `None`).
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    method: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize, Default)]
+struct Named<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Params<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    request_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    client_info: Option<Named<'a>>,
+    #[serde(borrow, default)]
+    protocol_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "_meta")]
+    meta: Option<Meta<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct Meta<'a> {
+    #[serde(borrow, default, rename = "io.modelcontextprotocol/clientInfo")]
+    client_info: Option<Named<'a>>,
+    #[serde(borrow, default, rename = "io.modelcontextprotocol/serverInfo")]
+    server_info: Option<Named<'a>>,
+    #[serde(borrow, default, rename = "io.modelcontextprotocol/protocolVersion")]
+    protocol_version: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ResultFields<'a> {
+    #[serde(default)]
+    is_error: Option<bool>,
+    #[serde(borrow, default)]
+    server_info: Option<Named<'a>>,
+    #[serde(borrow, default)]
+    protocol_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "_meta")]
+    meta: Option<Meta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ErrorFields {
+    code: serde_json::Number,
+}
+
+/// Parses one framed line.
+pub fn parse(line: &[u8]) -> Result<Parsed<'_>, ParseError> {
+    let first = line.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[') {
+        let items: Vec<&RawValue> =
+            serde_json::from_slice(line).map_err(|e| ParseError::InvalidJson(e.to_string()))?;
+        if items.is_empty() {
+            return Err(ParseError::NotJsonRpc("empty batch"));
+        }
+        return Ok(Parsed::Batch(
+            items
+                .into_iter()
+                .map(|raw| parse_one(raw.get().as_bytes()))
+                .collect(),
+        ));
+    }
+    parse_one(line).map(Parsed::Single)
+}
+
+fn parse_one(bytes: &[u8]) -> Result<Message<'_>, ParseError> {
+    let env: Envelope<'_> = serde_json::from_slice(bytes).map_err(|e| {
+        if e.is_data() {
+            ParseError::NotJsonRpc("not a JSON-RPC object")
+        } else {
+            ParseError::InvalidJson(e.to_string())
+        }
+    })?;
+    if env.jsonrpc.as_deref() != Some("2.0") {
+        return Err(ParseError::NotJsonRpc("missing \"jsonrpc\": \"2.0\""));
+    }
+    let id = match env.id {
+        None => None,
+        Some(raw) => parse_id(raw)?,
+    };
+    if let Some(method) = env.method {
+        let info = request_info(&method, env.params);
+        return Ok(match (env.id, id) {
+            (None, _) => Message::Notification { method, info },
+            (Some(_), Some(id)) => Message::Request { id, method, info },
+            (Some(_), None) => return Err(ParseError::NotJsonRpc("request with null id")),
+        });
+    }
+    if let Some(error) = env.error {
+        let fields: ErrorFields = serde_json::from_str(error.get())
+            .map_err(|_| ParseError::NotJsonRpc("error without integer code"))?;
+        let code = fields
+            .code
+            .as_i64()
+            .ok_or(ParseError::NotJsonRpc("error code not an integer"))?;
+        return Ok(Message::Error { id, code });
+    }
+    if let Some(result) = env.result {
+        let id = id.ok_or(ParseError::NotJsonRpc("result without id"))?;
+        return Ok(Message::Response {
+            id,
+            info: result_info(result),
+        });
+    }
+    Err(ParseError::NotJsonRpc("neither method, result nor error"))
+}
+
+fn parse_id(raw: &RawValue) -> Result<Option<Id>, ParseError> {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'n') => Ok(None),
+        Some(b'"') => serde_json::from_str::<String>(text)
+            .map(|s| Some(Id::Str(s)))
+            .map_err(|_| ParseError::NotJsonRpc("bad string id")),
+        Some(b'-' | b'0'..=b'9') => Ok(Some(match text.parse::<i64>() {
+            Ok(n) => Id::Num(n),
+            Err(_) => Id::NumText(text.to_owned()),
+        })),
+        _ => Err(ParseError::NotJsonRpc("id is not a string, number or null")),
+    }
+}
+
+fn request_info<'a>(method: &str, params: Option<&'a RawValue>) -> RequestInfo<'a> {
+    let Some(params) = params else {
+        return RequestInfo::default();
+    };
+    // Invalid params are the server's business (it answers -32602); we label what we can.
+    let Ok(p) = serde_json::from_str::<Params<'a>>(params.get()) else {
+        return RequestInfo::default();
+    };
+    let meta = p.meta.unwrap_or_default();
+    let named = matches!(method, "tools/call" | "prompts/get");
+    RequestInfo {
+        name: if named { p.name } else { None },
+        cancelled_id: p.request_id.and_then(|raw| parse_id(raw).ok().flatten()),
+        client_name: p
+            .client_info
+            .and_then(|c| c.name)
+            .or(meta.client_info.and_then(|c| c.name)),
+        protocol_version: p.protocol_version.or(meta.protocol_version),
+    }
+}
+
+fn result_info(result: &RawValue) -> ResultInfo<'_> {
+    let Ok(r) = serde_json::from_str::<ResultFields<'_>>(result.get()) else {
+        return ResultInfo::default(); // a result that is not an object (legal JSON-RPC)
+    };
+    let meta = r.meta.unwrap_or_default();
+    ResultInfo {
+        is_error: r.is_error == Some(true),
+        server_name: r
+            .server_info
+            .and_then(|s| s.name)
+            .or(meta.server_info.and_then(|s| s.name)),
+        protocol_version: r.protocol_version.or(meta.protocol_version),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn single(line: &str) -> Message<'_> {
+        match parse(line.as_bytes()) {
+            Ok(Parsed::Single(m)) => m,
+            other => panic!("expected one message from {line}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_with_every_id_type() {
+        for (text, id) in [
+            ("0", Id::Num(0)),
+            ("-7", Id::Num(-7)),
+            ("9007199254740993", Id::Num(9007199254740993)),
+            ("1.5", Id::NumText("1.5".into())),
+            ("1e400", Id::NumText("1e400".into())),
+            ("\"abc\"", Id::Str("abc".into())),
+            ("\"a\\\"b\"", Id::Str("a\"b".into())),
+            ("\"\"", Id::Str(String::new())),
+        ] {
+            let line = format!(r#"{{"jsonrpc":"2.0","id":{text},"method":"ping"}}"#);
+            assert_eq!(
+                single(&line),
+                Message::Request {
+                    id,
+                    method: "ping".into(),
+                    info: RequestInfo::default()
+                },
+                "{line}"
+            );
+        }
+        assert_ne!(Id::Num(1), Id::Str("1".into()));
+    }
+
+    #[test]
+    fn typescript_key_order_with_id_last() {
+        let m = single(
+            r#"{"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}},"jsonrpc":"2.0","id":0}"#,
+        );
+        let Message::Request { id, method, info } = m else {
+            panic!("request")
+        };
+        assert_eq!(
+            (id, method.as_ref(), info.name.as_deref()),
+            (Id::Num(0), "tools/call", Some("echo"))
+        );
+    }
+
+    #[test]
+    fn prompt_name_and_escaped_method() {
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":"p1","method":"prompts\/get","params":{"name":"gr\u00e9et"}}"#,
+        );
+        let Message::Request { method, info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!(
+            (method.as_ref(), info.name.as_deref()),
+            ("prompts/get", Some("gréet"))
+        );
+    }
+
+    #[test]
+    fn name_is_only_a_label_for_tools_and_prompts() {
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"name":"x","uri":"file:///a"}}"#,
+        );
+        let Message::Request { info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!(info.name, None);
+    }
+
+    #[test]
+    fn initialize_and_discover_identity() {
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"claude","version":"1"}}}"#,
+        );
+        let Message::Request { info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!(
+            (
+                info.client_name.as_deref(),
+                info.protocol_version.as_deref()
+            ),
+            (Some("claude"), Some("2025-11-25"))
+        );
+
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":0,"result":{"protocolVersion":"2025-11-25","serverInfo":{"name":"probe-py1","version":"1"},"capabilities":{}}}"#,
+        );
+        assert_eq!(
+            m,
+            Message::Response {
+                id: Id::Num(0),
+                info: ResultInfo {
+                    is_error: false,
+                    server_name: Some("probe-py1".into()),
+                    protocol_version: Some("2025-11-25".into())
+                }
+            }
+        );
+
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"mcp","version":"2"}}}}"#,
+        );
+        let Message::Request { info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!(
+            (
+                info.client_name.as_deref(),
+                info.protocol_version.as_deref()
+            ),
+            (Some("mcp"), Some("2026-07-28"))
+        );
+
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[],"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"probe-py2"}}}}"#,
+        );
+        let Message::Response { info, .. } = m else {
+            panic!("response")
+        };
+        assert_eq!(info.server_name.as_deref(), Some("probe-py2"));
+    }
+
+    #[test]
+    fn tool_error_result() {
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":5,"result":{"content":[{"type":"text","text":"boom"}],"isError":true}}"#,
+        );
+        let Message::Response { info, .. } = m else {
+            panic!("response")
+        };
+        assert!(info.is_error);
+    }
+
+    #[test]
+    fn errors_with_and_without_id() {
+        assert_eq!(
+            single(
+                r#"{"jsonrpc":"2.0","id":4,"error":{"code":-32601,"message":"Method not found"}}"#
+            ),
+            Message::Error {
+                id: Some(Id::Num(4)),
+                code: -32601
+            }
+        );
+        assert_eq!(
+            single(
+                r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}}"#
+            ),
+            Message::Error {
+                id: None,
+                code: -32700
+            }
+        );
+    }
+
+    #[test]
+    fn notifications_and_cancellation() {
+        assert_eq!(
+            single(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#),
+            Message::Notification {
+                method: "notifications/initialized".into(),
+                info: RequestInfo::default()
+            }
+        );
+        let m = single(
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"r-9","reason":"timeout"}}"#,
+        );
+        let Message::Notification { info, .. } = m else {
+            panic!("notification")
+        };
+        assert_eq!(info.cancelled_id, Some(Id::Str("r-9".into())));
+    }
+
+    #[test]
+    fn batches() {
+        let Ok(Parsed::Batch(items)) = parse(
+            br#"[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","method":"b"},{"x":1}]"#,
+        ) else {
+            panic!("batch");
+        };
+        assert_eq!(items.len(), 3);
+        assert!(matches!(items[0], Ok(Message::Request { .. })));
+        assert!(matches!(items[1], Ok(Message::Notification { .. })));
+        assert_eq!(items[2].as_ref().unwrap_err().reason(), "not_jsonrpc");
+        assert_eq!(parse(b"[]").unwrap_err().reason(), "not_jsonrpc");
+    }
+
+    #[test]
+    fn invalid_input() {
+        for bad in [
+            &b"{"[..],
+            b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"a\"",
+            b"\xff\xfe",
+            b"nul",
+            b"{\"a\":1}}",
+        ] {
+            assert_eq!(parse(bad).unwrap_err().reason(), "invalid_json", "{bad:?}");
+        }
+        for bad in [
+            &br#"{"id":1,"method":"a"}"#[..],
+            br#"{"jsonrpc":"1.0","id":1,"method":"a"}"#,
+            br#"{"jsonrpc":"2.0","id":{"x":1},"method":"a"}"#,
+            br#"{"jsonrpc":"2.0","id":null,"method":"a"}"#,
+            br#"{"jsonrpc":"2.0","id":1}"#,
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":"x"}}"#,
+            br#"{"jsonrpc":"2.0","result":{}}"#,
+            b"42",
+            b"\"str\"",
+        ] {
+            assert_eq!(
+                parse(bad).unwrap_err().reason(),
+                "not_jsonrpc",
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn deeply_nested_json_is_an_error_not_a_crash() {
+        let mut line = String::from(r#"{"jsonrpc":"2.0","id":1,"method":"x","params":"#);
+        line.push_str(&"[".repeat(100_000));
+        assert!(parse(line.as_bytes()).is_err());
+    }
+}

@@ -1,0 +1,147 @@
+//! The drain loop: waits for the ring buffer (woken by the kernel only when a byte threshold
+//! is crossed, see KERNEL-COSTS rule 5) or for the drain interval, drains everything in one
+//! batch, and runs periodic work. Runs on its own thread; all pipeline state lives here.
+
+use std::{
+    os::fd::AsRawFd,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use mcp_probe_common::Stat;
+
+use crate::{
+    metrics::{AgentMetrics, ReasonLabels},
+    pipeline::{Pipeline, StreamControl},
+};
+
+pub struct ReaderConfig {
+    pub drain_interval: Duration,
+    pub sweep_interval: Duration,
+}
+
+/// Runs until `stop` is set.
+pub fn run<C: StreamControl>(
+    mut events: RingBuf<MapData>,
+    stats: PerCpuArray<MapData, u64>,
+    mut pipeline: Pipeline<C>,
+    metrics: AgentMetrics,
+    config: ReaderConfig,
+    stop: Arc<AtomicBool>,
+) {
+    let mut kernel = KernelStats::new(stats, metrics);
+    let mut last_sweep = Instant::now();
+    let timeout_ms = config.drain_interval.as_millis().clamp(1, i32::MAX as u128) as i32;
+    let fd = events.as_raw_fd();
+    loop {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        // Let a burst build up into one batch before draining.
+        while let Some(item) = events.next() {
+            pipeline.on_record_bytes(&item);
+        }
+        let stopping = stop.load(Ordering::Relaxed);
+        if stopping || last_sweep.elapsed() >= config.sweep_interval {
+            last_sweep = Instant::now();
+            pipeline.sweep(monotonic_ns());
+            kernel.update();
+        }
+        if stopping {
+            break;
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid timespec pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Mirrors the kernel's per-CPU counters into Prometheus counters.
+struct KernelStats {
+    map: PerCpuArray<MapData, u64>,
+    metrics: AgentMetrics,
+    last: [u64; mcp_probe_common::STAT_COUNT as usize],
+}
+
+impl KernelStats {
+    fn new(map: PerCpuArray<MapData, u64>, metrics: AgentMetrics) -> Self {
+        Self {
+            map,
+            metrics,
+            last: [0; mcp_probe_common::STAT_COUNT as usize],
+        }
+    }
+
+    fn update(&mut self) {
+        for stat in Stat::ALL {
+            let Ok(values) = self.map.get(&(stat as u32), 0) else {
+                continue;
+            };
+            let total: u64 = values.iter().sum();
+            let delta = total.saturating_sub(self.last[stat as usize]);
+            self.last[stat as usize] = total;
+            if delta == 0 {
+                continue;
+            }
+            let m = &self.metrics;
+            let reason = |r| ReasonLabels { reason: r };
+            match stat {
+                Stat::RecordsSubmitted => m.kernel_records.inc_by(delta),
+                Stat::RingbufFullRecords => m
+                    .lost_records
+                    .get_or_create(&reason("ringbuf_full"))
+                    .inc_by(delta),
+                Stat::RingbufFullBytes => m
+                    .lost_bytes
+                    .get_or_create(&reason("ringbuf_full"))
+                    .inc_by(delta),
+                Stat::ReadFailedRecords => m
+                    .lost_records
+                    .get_or_create(&reason("read_failed"))
+                    .inc_by(delta),
+                Stat::ReadFailedBytes => m
+                    .lost_bytes
+                    .get_or_create(&reason("read_failed"))
+                    .inc_by(delta),
+                Stat::TruncatedBytes => m
+                    .lost_bytes
+                    .get_or_create(&reason("truncated"))
+                    .inc_by(delta),
+                Stat::FollowedSyscalls => m.followed_syscalls.inc_by(delta),
+                Stat::FdLookupFailed => m
+                    .kernel_errors
+                    .get_or_create(&reason("fd_lookup_failed"))
+                    .inc_by(delta),
+                Stat::StreamsFollowed => m.streams_followed.inc_by(delta),
+                Stat::StreamsIgnored => m
+                    .streams_ignored
+                    .get_or_create(&reason("not_json"))
+                    .inc_by(delta),
+                Stat::InflightInsertFailed => m
+                    .kernel_errors
+                    .get_or_create(&reason("inflight_map_full"))
+                    .inc_by(delta),
+                Stat::TruncatedSyscalls => m
+                    .kernel_errors
+                    .get_or_create(&reason("truncated_syscalls"))
+                    .inc_by(delta),
+            };
+        }
+    }
+}

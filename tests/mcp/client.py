@@ -1,0 +1,634 @@
+#!/usr/bin/env python3
+"""MCP stdio client driver for the mcp-probe tests.
+
+Runs under either venv: the official Python SDK major version is detected at
+import time (py1 venv: mcp==1.30.0, py2 venv: mcp==2.3.0).
+
+Usage:
+  client.py --scenario NAME [--mode auto|legacy|stateless] [--roots]
+            [--stop-file PATH] [--max-seconds N] -- <server command...>
+
+Scenarios: basic, unknown-method, big, slow, cancel, timeout, hold,
+           everything-basic (for @modelcontextprotocol/server-everything).
+
+--mode (py2 SDK only; py1 always does the initialize handshake):
+  auto       SDK default: sends `server/discover` first, falls back to
+             `initialize` + `notifications/initialized` when refused.
+  legacy     Client(mode="legacy"): initialize handshake only, no discover.
+  stateless  Client(mode="2026-07-28"): adopt the 2026-07-28 protocol with no
+             handshake at all (every request carries protocol/client info in
+             params._meta). Only meaningful against a 2026-capable server.
+--roots      advertise the roots capability (provides a list_roots callback
+             returning one root), so servers like server-everything send
+             `roots/list` to the client.
+
+Everything diagnostic goes to stderr. Exactly one line is printed on stdout at
+the end: a JSON summary with
+  requests : explicit requests made by the scenario, per method, with outcome
+             counts {ok, error, tool_error, cancelled, timeout}
+  tools    : same outcome counts per tool name (tools/call only)
+  wire     : every JSON-RPC message the client transport actually sent and
+             received (counted by wrapping the SDK's stdio streams): handshake,
+             implicit tools/list the SDK does for output-schema validation,
+             notifications/cancelled, server->client requests, etc.
+  passed   : whether the scenario's own checks held (exit status 1 if not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections import defaultdict
+from importlib.metadata import version as _pkg_version
+from typing import Any
+
+import anyio
+
+SDK_VERSION = _pkg_version("mcp")
+SDK_MAJOR = int(SDK_VERSION.split(".")[0])
+
+import mcp.types as types  # noqa: E402  (py2: re-export of mcp_types)
+from pydantic import BaseModel  # noqa: E402
+
+if SDK_MAJOR >= 2:
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+    from mcp.shared.exceptions import MCPError as SdkError
+else:
+    from mcp import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+    from mcp.shared.exceptions import McpError as SdkError
+
+OUTCOMES = ("ok", "error", "tool_error", "cancelled", "timeout")
+BIG_LEN = 1024 * 1024
+
+
+def log(*a: Any) -> None:
+    print("[client]", *a, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# Wire counting: wrap the transport's read/write streams.
+# --------------------------------------------------------------------------
+
+
+def _as_dict(session_message: Any) -> dict[str, Any] | None:
+    msg = getattr(session_message, "message", None)
+    if msg is None:
+        return None
+    msg = getattr(msg, "root", msg)  # py1: RootModel
+    try:
+        return msg.model_dump(by_alias=True, mode="json", exclude_none=True)
+    except Exception:  # pragma: no cover
+        return None
+
+
+class Wire:
+    """Counts JSON-RPC messages in both directions, as the client sees them."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, dict[str, int]] = {
+            "requests": defaultdict(int),
+            "notifications": defaultdict(int),
+            "responses": defaultdict(int),
+        }
+        self.received: dict[str, dict[str, Any]] = {
+            "requests": defaultdict(int),
+            "notifications": defaultdict(int),
+            "responses": defaultdict(lambda: defaultdict(int)),
+        }
+        self.out_ids: dict[Any, str] = {}  # our request id -> method
+        self.in_ids: dict[Any, str] = {}  # server request id -> method
+        self.error_codes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def on_send(self, m: Any) -> None:
+        d = _as_dict(m)
+        if d is None:
+            return
+        if "method" in d and "id" in d:
+            self.sent["requests"][d["method"]] += 1
+            self.out_ids[d["id"]] = d["method"]
+        elif "method" in d:
+            self.sent["notifications"][d["method"]] += 1
+        else:
+            method = self.in_ids.get(d.get("id"), "?")
+            kind = "error" if "error" in d else "ok"
+            self.sent["responses"][f"{method}:{kind}"] += 1
+
+    def on_recv(self, m: Any) -> None:
+        if isinstance(m, Exception):
+            return
+        d = _as_dict(m)
+        if d is None:
+            return
+        if "method" in d and "id" in d:
+            self.received["requests"][d["method"]] += 1
+            self.in_ids[d["id"]] = d["method"]
+        elif "method" in d:
+            self.received["notifications"][d["method"]] += 1
+        else:
+            method = self.out_ids.get(d.get("id"), "?")
+            if "error" in d:
+                kind = "error"
+                self.error_codes[method][str(d["error"].get("code"))] += 1
+            elif isinstance(d.get("result"), dict) and d["result"].get("isError"):
+                kind = "tool_error"
+            else:
+                kind = "ok"
+            self.received["responses"][method][kind] += 1
+
+    def summary(self) -> dict[str, Any]:
+        def plain(x: Any) -> Any:
+            if isinstance(x, dict):
+                return {k: plain(v) for k, v in sorted(x.items())}
+            return x
+
+        return {
+            "sent": plain(self.sent),
+            "received": plain(self.received),
+            "error_codes": plain(self.error_codes),
+        }
+
+
+class _CountingRead:
+    def __init__(self, inner: Any, wire: Wire) -> None:
+        self._inner, self._wire = inner, wire
+
+    async def receive(self) -> Any:
+        m = await self._inner.receive()
+        self._wire.on_recv(m)
+        return m
+
+    def __aiter__(self) -> _CountingRead:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _CountingRead:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _CountingWrite:
+    def __init__(self, inner: Any, wire: Wire) -> None:
+        self._inner, self._wire = inner, wire
+
+    async def send(self, item: Any) -> None:
+        self._wire.on_send(item)
+        await self._inner.send(item)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _CountingWrite:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class CountingTransport:
+    """Async context manager yielding stdio_client streams wrapped with counters."""
+
+    def __init__(self, params: Any, wire: Wire) -> None:
+        self._cm = stdio_client(params)
+        self._wire = wire
+
+    async def __aenter__(self) -> tuple[Any, Any]:
+        read, write = await self._cm.__aenter__()
+        return _CountingRead(read, self._wire), _CountingWrite(write, self._wire)
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._cm.__aexit__(*exc)
+
+
+# --------------------------------------------------------------------------
+# SDK adapters
+# --------------------------------------------------------------------------
+
+
+class RawRequest(BaseModel):
+    """An arbitrary request (py1 send_request takes any model with method/params)."""
+
+    method: str
+    params: dict[str, Any] | None = None
+
+
+class AnyResult(BaseModel):
+    model_config = {"extra": "allow"}
+
+
+async def _list_roots(*_a: Any, **_k: Any) -> Any:
+    return types.ListRootsResult(roots=[types.Root(uri="file:///tmp", name="tmp")])
+
+
+class Conn:
+    """Uniform facade over the py1 ClientSession / py2 Client."""
+
+    def __init__(self, impl: Any, session: Any) -> None:
+        self.impl = impl
+        self.session = session
+
+    @property
+    def server_info(self) -> Any:
+        if SDK_MAJOR >= 2:
+            return self.impl.server_info
+        return self.impl_init.serverInfo
+
+    @property
+    def protocol_version(self) -> str | None:
+        if SDK_MAJOR >= 2:
+            return self.impl.protocol_version
+        return self.impl_init.protocolVersion
+
+    async def list_tools(self) -> Any:
+        return await self.impl.list_tools()
+
+    async def call_tool(self, name: str, args: dict[str, Any], timeout: float | None = None) -> Any:
+        if SDK_MAJOR >= 2:
+            return await self.impl.call_tool(name, args, read_timeout_seconds=timeout)
+        from datetime import timedelta
+
+        return await self.session.call_tool(
+            name, args, read_timeout_seconds=None if timeout is None else timedelta(seconds=timeout)
+        )
+
+    async def get_prompt(self, name: str, args: dict[str, str]) -> Any:
+        return await self.impl.get_prompt(name, args)
+
+    async def raw_request(self, method: str) -> Any:
+        if SDK_MAJOR >= 2:
+            # The typed `Request` base accepts any method string; the session's
+            # stamp adds `_meta` on 2026 connections like for any request.
+            return await self.session.send_request(types.Request(method=method, params=None), AnyResult)
+        return await self.session.send_request(RawRequest(method=method), AnyResult)
+
+    def next_request_id(self) -> Any:
+        """py1 only: the id the next request will get (to build notifications/cancelled)."""
+        return self.session._request_id  # noqa: SLF001
+
+    async def send_cancelled(self, request_id: Any, reason: str) -> None:
+        note: Any = types.CancelledNotification(
+            params=types.CancelledNotificationParams(requestId=request_id, reason=reason)
+        )
+        if SDK_MAJOR < 2:
+            note = types.ClientNotification(note)
+        await self.session.send_notification(note)
+
+
+class _Py1Connect:
+    def __init__(self, params: Any, wire: Wire, roots: bool) -> None:
+        self.params, self.wire, self.roots = params, wire, roots
+        self._stack: Any = None
+
+    async def __aenter__(self) -> Conn:
+        from contextlib import AsyncExitStack
+
+        self._stack = AsyncExitStack()
+        await self._stack.__aenter__()
+        read, write = await self._stack.enter_async_context(CountingTransport(self.params, self.wire))
+        kwargs: dict[str, Any] = {}
+        if self.roots:
+            kwargs["list_roots_callback"] = _list_roots
+        session = await self._stack.enter_async_context(ClientSession(read, write, **kwargs))
+        init = await session.initialize()
+        conn = Conn(session, session)
+        conn.impl_init = init  # type: ignore[attr-defined]
+        return conn
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._stack.__aexit__(*exc)
+
+
+class _Py2Connect:
+    def __init__(self, params: Any, wire: Wire, roots: bool, mode: str) -> None:
+        sdk_mode = {"auto": "auto", "legacy": "legacy", "stateless": "2026-07-28"}[mode]
+        kwargs: dict[str, Any] = {"mode": sdk_mode}
+        if roots:
+            kwargs["list_roots_callback"] = _list_roots
+        # Client accepts any Transport: our counting wrapper around stdio_client.
+        self.client = Client(CountingTransport(params, wire), **kwargs)
+
+    async def __aenter__(self) -> Conn:
+        c = await self.client.__aenter__()
+        return Conn(c, c.session)
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self.client.__aexit__(*exc)
+
+
+def connect(cmd: list[str], wire: Wire, mode: str, roots: bool) -> Any:
+    params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=dict(os.environ))
+    if SDK_MAJOR >= 2:
+        return _Py2Connect(params, wire, roots, mode)
+    return _Py1Connect(params, wire, roots)
+
+
+# --------------------------------------------------------------------------
+# Scenarios
+# --------------------------------------------------------------------------
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.requests: dict[str, dict[str, int]] = defaultdict(lambda: {k: 0 for k in OUTCOMES})
+        self.tools: dict[str, dict[str, int]] = defaultdict(lambda: {k: 0 for k in OUTCOMES})
+        self.failures: list[str] = []
+        self.extra: dict[str, Any] = {}
+
+    def add(self, method: str, outcome: str, tool: str | None = None) -> None:
+        self.requests[method][outcome] += 1
+        if tool is not None:
+            self.tools[tool][outcome] += 1
+
+    def check(self, cond: bool, what: str) -> None:
+        if not cond:
+            self.failures.append(what)
+            log("CHECK FAILED:", what)
+
+
+def _text(result: Any) -> str:
+    for c in getattr(result, "content", []) or []:
+        t = getattr(c, "text", None)
+        if t is not None:
+            return t
+    return ""
+
+
+def _is_error(result: Any) -> bool:
+    return bool(getattr(result, "is_error", None) or getattr(result, "isError", None))
+
+
+async def call(conn: Conn, t: Tally, tool: str, args: dict[str, Any], *, expect: str = "ok",
+               timeout: float | None = None) -> Any:
+    try:
+        r = await conn.call_tool(tool, args, timeout=timeout)
+    except SdkError as e:
+        code = e.error.code
+        outcome = "timeout" if code in (408, -32001) and timeout is not None else "error"
+        t.add("tools/call", outcome, tool)
+        t.extra.setdefault("errors", []).append({"tool": tool, "code": code, "message": e.error.message[:200]})
+        t.check(outcome == expect, f"tools/call {tool}: expected {expect}, got {outcome} ({code} {e.error.message!r})")
+        return e
+    outcome = "tool_error" if _is_error(r) else "ok"
+    t.add("tools/call", outcome, tool)
+    if outcome == "tool_error":
+        t.extra.setdefault("tool_errors", []).append({"tool": tool, "text": _text(r)[:200]})
+    t.check(outcome == expect, f"tools/call {tool}: expected {expect}, got {outcome}: {_text(r)[:200]!r}")
+    return r
+
+
+async def sc_basic(conn: Conn, t: Tally, a: argparse.Namespace) -> None:
+    tools = await conn.list_tools()
+    t.add("tools/list", "ok")
+    names = sorted(x.name for x in tools.tools)
+    t.extra["tool_names"] = names
+    for i in range(3):
+        r = await call(conn, t, "echo", {"text": f"hello {i}"})
+        t.check(_text(r) == f"hello {i}", f"echo {i} text {_text(r)!r}")
+    for a_, b_ in ((1, 2), (40, 2)):
+        r = await call(conn, t, "add", {"a": a_, "b": b_})
+        t.check(_text(r) == str(a_ + b_), f"add text {_text(r)!r}")
+    await call(conn, t, "fail", {"reason": "requested by test"}, expect="tool_error")
+    p = await conn.get_prompt("greet", {"name": "probe"})
+    t.add("prompts/get", "ok")
+    t.check("probe" in json.dumps(p.model_dump(mode="json")), "greet prompt mentions name")
+
+
+async def sc_unknown_method(conn: Conn, t: Tally, a: argparse.Namespace) -> None:
+    try:
+        await conn.raw_request("probe/unknown")
+        t.add("probe/unknown", "ok")
+        t.check(False, "probe/unknown unexpectedly succeeded")
+    except SdkError as e:
+        t.add("probe/unknown", "error")
+        t.extra["unknown_method_error"] = {"code": e.error.code, "message": e.error.message}
+        # py2 servers / TS servers answer -32601; the 1.x FastMCP server answers -32602.
+        t.check(e.error.code in (-32601, -32602), f"probe/unknown error code {e.error.code}")
+    r = await call(conn, t, "echo", {"text": "after unknown"})
+    t.check(_text(r) == "after unknown", "echo after unknown method")
+
+
+async def sc_big(conn: Conn, t: Tally, a: argparse.Namespace) -> None:
+    r = await call(conn, t, "size", {"data": "x" * BIG_LEN})
+    t.check(_text(r) == str(BIG_LEN), f"size returned {_text(r)!r}")
+
+
+async def sc_slow(conn: Conn, t: Tally, a: argparse.Namespace) -> None:
+    t0 = time.monotonic()
+    r = await call(conn, t, "slow", {"seconds": 1.5})
+    t.extra["slow_elapsed_s"] = round(time.monotonic() - t0, 3)
+    t.check(_text(r) == "done", f"slow returned {_text(r)!r}")
+
+
+async def sc_cancel(conn: Conn, t: Tally, a: argparse.Namespace) -> None:
+    """Cancel an in-flight tools/call the way each SDK does it.
+
+    py2: cancelling the caller's anyio scope makes the SDK dispatcher write
+    `notifications/cancelled` {requestId, reason: "caller cancelled"} itself.
+    py1: the SDK never sends notifications/cancelled on its own (neither on
+    scope cancel nor on read timeout); the application sends it explicitly
+    with session.send_notification(CancelledNotification), as done here.
+    """
+    t0 = time.monotonic()
+    rid = conn.next_request_id() if SDK_MAJOR < 2 else None
+    with anyio.move_on_after(0.5) as scope:
+        await conn.call_tool("slow", {"seconds": 30})
+    if scope.cancelled_caught:
+        t.add("tools/call", "cancelled", "slow")
+        if SDK_MAJOR < 2:
+            await conn.send_cancelled(rid, "caller cancelled")
+    else:
+        t.add("tools/call", "ok", "slow")
+        t.check(False, "slow(30) was not cancelled")
+    t.extra["cancel_after_s"] = round(time.monotonic() - t0, 3)
+    r = await call(conn, t, "echo", {"text": "after cancel"})
+    t.check(_text(r) == "after cancel", "echo after cancel")
+
+
+async def sc_timeout(conn: Conn, t: Tally, a: argparse.Namespace) -> None:
+    """Request timeout (read_timeout_seconds=0.5) on slow(2), then echo, then
+    wait until t0+2.6 s so a late slow() response, if any, is on the wire
+    before the client exits (deterministic counts; see README).
+
+    py2 SDK: sends `notifications/cancelled` (reason "timed out after 0.5s")
+    and raises MCPError 408. py1 SDK: raises McpError 408 and sends nothing,
+    so the server finishes slow(2) and its late response arrives (and is
+    dropped by the client).
+    """
+    t0 = time.monotonic()
+    await call(conn, t, "slow", {"seconds": 2}, expect="timeout", timeout=0.5)
+    r = await call(conn, t, "echo", {"text": "after timeout"})
+    t.check(_text(r) == "after timeout", "echo after timeout")
+    await anyio.sleep(max(0.0, t0 + 2.6 - time.monotonic()))
+
+
+async def sc_hold(conn: Conn, t: Tally, a: argparse.Namespace) -> None:
+    """echo once, then once per second until the stop condition.
+
+    Stop condition: the file --stop-file exists (when given), otherwise EOF on
+    the client's stdin. Always bounded by --max-seconds.
+    """
+    stdin_closed = threading.Event()
+    if not a.stop_file:
+        def watch() -> None:
+            try:
+                while sys.stdin.buffer.read(4096):
+                    pass
+            except Exception:
+                pass
+            stdin_closed.set()
+
+        threading.Thread(target=watch, daemon=True).start()
+
+    def stop() -> bool:
+        if a.stop_file:
+            return os.path.exists(a.stop_file)
+        return stdin_closed.is_set()
+
+    deadline = time.monotonic() + a.max_seconds
+    n = 0
+    while True:
+        await call(conn, t, "echo", {"text": f"hold {n}"})
+        n += 1
+        # sleep ~1 s, polling the stop condition every 50 ms
+        until = time.monotonic() + 1.0
+        while time.monotonic() < until and not stop():
+            await anyio.sleep(0.05)
+        if stop() or time.monotonic() > deadline:
+            break
+    t.extra["calls"] = n
+    log(f"hold: {n} calls")
+
+
+async def sc_everything_basic(conn: Conn, t: Tally, a: argparse.Namespace) -> None:
+    """For @modelcontextprotocol/server-everything: its real tool names.
+
+    Waits 1 s first so that anything the server does on its own after
+    `notifications/initialized` (tools/list_changed, roots/list at +350 ms when
+    the client has --roots) has happened before the calls: deterministic counts.
+    """
+    await anyio.sleep(1.0)
+    tools = await conn.list_tools()
+    t.add("tools/list", "ok")
+    names = sorted(x.name for x in tools.tools)
+    t.extra["tool_names"] = names
+    t.check("echo" in names and "get-sum" in names, f"everything tools {names}")
+    for i in range(2):
+        r = await call(conn, t, "echo", {"message": f"hi {i}"})
+        t.check(_text(r) == f"Echo: hi {i}", f"everything echo text {_text(r)!r}")
+    r = await call(conn, t, "get-sum", {"a": 2, "b": 3})
+    t.check("5" in _text(r), f"get-sum text {_text(r)!r}")
+    # Unknown tool: the TS SDK McpServer answers with a CallToolResult isError=true
+    # (not a JSON-RPC error); record whichever shape arrives.
+    try:
+        r = await conn.call_tool("no-such-tool", {})
+        outcome = "tool_error" if _is_error(r) else "ok"
+        t.add("tools/call", outcome, "no-such-tool")
+        t.extra["unknown_tool"] = {"shape": "result", "isError": _is_error(r), "text": _text(r)[:200]}
+    except SdkError as e:
+        t.add("tools/call", "error", "no-such-tool")
+        t.extra["unknown_tool"] = {"shape": "jsonrpc-error", "code": e.error.code, "message": e.error.message[:200]}
+    await anyio.sleep(0.2)
+
+
+SCENARIOS = {
+    "basic": sc_basic,
+    "unknown-method": sc_unknown_method,
+    "big": sc_big,
+    "slow": sc_slow,
+    "cancel": sc_cancel,
+    "timeout": sc_timeout,
+    "hold": sc_hold,
+    "everything-basic": sc_everything_basic,
+}
+
+
+async def run(a: argparse.Namespace) -> dict[str, Any]:
+    wire = Wire()
+    t = Tally()
+    out: dict[str, Any] = {
+        "sdk": f"py{SDK_MAJOR}",
+        "sdk_version": SDK_VERSION,
+        "mode": a.mode if SDK_MAJOR >= 2 else "legacy",
+        "scenario": a.scenario,
+    }
+    done = False
+    try:
+        async with connect(a.cmd, wire, a.mode, a.roots) as conn:
+            si = conn.server_info
+            out["server_name"] = getattr(si, "name", None)
+            out["server_version"] = getattr(si, "version", None)
+            out["protocol_version"] = conn.protocol_version
+            await SCENARIOS[a.scenario](conn, t, a)
+            # let late responses / notifications (e.g. after a cancel) arrive
+            await anyio.sleep(0.2)
+            done = True
+    except Exception as e:  # noqa: BLE001
+        if done:
+            # e.g. py1 stdio_client raising BrokenResourceError when the server
+            # writes a message while the session is already closing.
+            out["teardown_error"] = f"{type(e).__name__}: {e}"
+            log("teardown error (ignored)", repr(e))
+        else:
+            t.failures.append(f"exception: {type(e).__name__}: {e}")
+            log("EXCEPTION", repr(e))
+    out["requests"] = {k: v for k, v in sorted(t.requests.items())}
+    out["tools"] = {k: v for k, v in sorted(t.tools.items())}
+    totals = {k: 0 for k in OUTCOMES}
+    for v in t.requests.values():
+        for k in OUTCOMES:
+            totals[k] += v[k]
+    out["totals"] = totals
+    out.update(t.extra)
+    out["wire"] = wire.summary()
+    out["failures"] = t.failures
+    out["passed"] = not t.failures
+    return out
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    if "--" not in argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    i = argv.index("--")
+    p = argparse.ArgumentParser(description="MCP test client driver")
+    p.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
+    p.add_argument("--mode", default="auto", choices=["auto", "legacy", "stateless"])
+    p.add_argument("--roots", action="store_true")
+    p.add_argument("--stop-file", default=None)
+    p.add_argument("--max-seconds", type=float, default=300.0)
+    a = p.parse_args(argv[:i])
+    a.cmd = argv[i + 1 :]
+    if not a.cmd:
+        p.error("missing server command after --")
+    if SDK_MAJOR < 2 and a.mode != "auto" and a.mode != "legacy":
+        p.error("py1 SDK only supports the initialize handshake (--mode legacy/auto)")
+    out = anyio.run(run, a)
+    sys.stdout.write(json.dumps(out, sort_keys=False) + "\n")
+    sys.stdout.flush()
+    return 0 if out["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -52,15 +52,18 @@ pub struct CaptureState {
 static CAPTURE: PerCpuArray<CaptureState> = PerCpuArray::with_max_entries(1, 0);
 
 macro_rules! get {
-    ($s:expr, $f:ident) => {
+    ($s:expr, $f:ident) => {{
         // SAFETY: `$s` is a valid per-CPU map value pointer.
-        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*$s).$f)) }
-    };
+        #[allow(unused_unsafe)]
+        let value = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*$s).$f)) };
+        value
+    }};
 }
 macro_rules! set {
     ($s:expr, $f:ident, $v:expr) => {
+        let value = $v;
         // SAFETY: as above.
-        unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*$s).$f), $v) }
+        unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*$s).$f), value) }
     };
 }
 

@@ -23,6 +23,14 @@ use crate::{
     protocols::jsonrpc::{Id, Message},
 };
 
+/// A stream: the kernel address of its inode plus the inode number, so a freed inode whose
+/// memory is reused for a new pipe is a new stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StreamKey {
+    pub addr: u64,
+    pub ino: u64,
+}
+
 /// One message as observed by one process.
 #[derive(Clone, Copy, Debug)]
 pub struct Observation<'c> {
@@ -30,7 +38,7 @@ pub struct Observation<'c> {
     pub comm: &'c str,
     /// `Write`: the process sent it; `Read`: the process received it.
     pub direction: Direction,
-    pub stream_id: u64,
+    pub stream: StreamKey,
     pub transport: &'static str,
     /// Kernel time (CLOCK_MONOTONIC ns) at which the message was complete.
     pub ts_ns: u64,
@@ -70,15 +78,16 @@ impl Side {
 
 #[derive(Debug)]
 struct Pending {
-    stream_id: u64,
+    stream: StreamKey,
     method: String,
     tool: Option<String>,
     prompt: Option<String>,
     ts_ns: u64,
     size: u64,
     transport: &'static str,
-    /// The MCP server of this exchange, if it is the observing process itself.
+    /// The MCP server of this exchange is the observing process itself.
     server_is_observer: bool,
+    comm: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,6 +122,47 @@ impl Default for CorrelatorConfig {
     }
 }
 
+/// What happened to a request.
+#[derive(Debug, Clone)]
+enum Ending {
+    Response {
+        outcome: Outcome,
+        size: u64,
+        duration_s: f64,
+    },
+    Cancelled,
+    Timeout,
+}
+
+/// Something to count once the server's name is settled.
+#[derive(Debug)]
+enum Finished {
+    Exchange {
+        side: Side,
+        pending: Pending,
+        ending: Ending,
+    },
+    Notification {
+        side: Side,
+        method: String,
+        transport: &'static str,
+    },
+}
+
+/// Exchanges of a server whose name is not settled yet: the handshake is still going on
+/// (e.g. `server/discover` refused, then `initialize` announces `serverInfo`).
+struct Unsettled {
+    since_ns: u64,
+    finished: Vec<Finished>,
+}
+
+/// Methods that belong to the handshake: their exchanges wait for the server's name.
+const HANDSHAKE_METHODS: &[&str] = &["server/discover", "initialize"];
+/// An unsettled server gets its derived name after this long (ns).
+const SETTLE_AFTER_NS: u64 = 5_000_000_000;
+/// Most exchanges held per unsettled server.
+const MAX_UNSETTLED: usize = 256;
+
 pub struct Correlator {
     config: CorrelatorConfig,
     metrics: Metrics,
@@ -120,11 +170,12 @@ pub struct Correlator {
     pending: HashMap<PendingKey, HashMap<Id, Vec<Pending>>>,
     pending_count: usize,
     /// Requests finished without a response (cancelled or timed out): a late response is
-    /// counted as a response but not reported as unpaired.
+    /// counted as late, not as unpaired.
     finished_early: HashMap<(PendingKey, Id), u64>,
-    finished_early_order: VecDeque<((PendingKey, Id), u64)>,
-    /// Stream id -> tgid of the MCP server on that stream, learned from traffic.
-    server_of_stream: HashMap<u64, u32>,
+    finished_early_order: VecDeque<(PendingKey, Id)>,
+    /// Stream -> tgid of the MCP server on that stream, learned from traffic.
+    server_of_stream: HashMap<StreamKey, u32>,
+    unsettled: HashMap<u32, Unsettled>,
     methods: LabelCap,
     tools: LabelCap,
     prompts: LabelCap,
@@ -148,6 +199,7 @@ impl Correlator {
             finished_early: HashMap::new(),
             finished_early_order: VecDeque::new(),
             server_of_stream: HashMap::new(),
+            unsettled: HashMap::new(),
         }
     }
 
@@ -160,14 +212,13 @@ impl Correlator {
                 // or sends a server request.
                 let server_is_observer = server_to_client == (obs.direction == Direction::Write);
                 if server_is_observer {
-                    self.server_of_stream.insert(obs.stream_id, obs.tgid);
+                    self.server_of_stream.insert(obs.stream, obs.tgid);
                 }
                 let overflow = &self.metrics.agent.label_overflow;
                 let method_label = self.methods.value(&method, overflow);
-                let name = info.name.as_deref().map(|n| n.to_owned());
-                let (tool, prompt) = match method.as_ref() {
-                    "tools/call" => (name.map(|n| self.tools.value(&n, overflow)), None),
-                    "prompts/get" => (None, name.map(|n| self.prompts.value(&n, overflow))),
+                let (tool, prompt) = match (method.as_ref(), info.name.as_deref()) {
+                    ("tools/call", Some(n)) => (Some(self.tools.value(n, overflow)), None),
+                    ("prompts/get", Some(n)) => (None, Some(self.prompts.value(n, overflow))),
                     _ => (None, None),
                 };
                 self.add_pending(
@@ -177,7 +228,7 @@ impl Correlator {
                     },
                     id,
                     Pending {
-                        stream_id: obs.stream_id,
+                        stream: obs.stream,
                         method: method_label,
                         tool,
                         prompt,
@@ -185,6 +236,7 @@ impl Correlator {
                         size: obs.size,
                         transport: obs.transport,
                         server_is_observer,
+                        comm: obs.comm.to_owned(),
                     },
                 );
             }
@@ -196,24 +248,29 @@ impl Correlator {
                 }
                 let from_server = SERVER_NOTIFICATIONS.contains(&method.as_ref());
                 let server_is_observer = from_server == (obs.direction == Direction::Write);
-                let server = self.server_name(obs, server_is_observer, obs.stream_id);
+                let server = self.server_of(obs.tgid, server_is_observer, obs.stream);
                 let method = self
                     .methods
                     .value(&method, &self.metrics.agent.label_overflow);
-                self.side(Side::of(obs.direction))
-                    .notifications
-                    .get_or_create(&NotificationLabels {
-                        mcp_server_name: server,
-                        mcp_method_name: method,
-                        network_transport: obs.transport,
-                    })
-                    .inc();
+                let finished = Finished::Notification {
+                    side: Side::of(obs.direction),
+                    method,
+                    transport: obs.transport,
+                };
+                self.finish(server, obs.comm, obs.ts_ns, finished);
             }
             Message::Response { id, info } => {
                 if let Some(name) = info.server_name.as_deref() {
-                    if obs.direction == Direction::Write {
+                    // Announced by the process that wrote it, i.e. the server of the stream.
+                    let announcer = if obs.direction == Direction::Write {
+                        Some(obs.tgid)
+                    } else {
+                        self.server_of_stream.get(&obs.stream).copied()
+                    };
+                    if let Some(tgid) = announcer {
                         self.processes
-                            .set_announced_server_name(obs.tgid, obs.comm, name);
+                            .set_announced_server_name(tgid, obs.comm, name);
+                        self.settle(tgid);
                     }
                 }
                 let outcome = if info.is_error {
@@ -246,7 +303,7 @@ impl Correlator {
     }
 
     fn evict_oldest(&mut self, key: PendingKey) {
-        let Some(by_id) = self.pending.get_mut(&key) else {
+        let Some(by_id) = self.pending.get(&key) else {
             return;
         };
         let oldest = by_id
@@ -254,32 +311,33 @@ impl Correlator {
             .flat_map(|(id, list)| list.iter().map(move |p| (p.ts_ns, id.clone())))
             .min_by_key(|(ts, _)| *ts);
         if let Some((_, id)) = oldest {
-            if let Some(p) = take_first(by_id, &id) {
-                self.pending_count -= 1;
-                self.finish_without_response(key, p, Ending::Timeout);
+            if let Some(p) = self.take_at(key, &id, 0) {
+                self.finish_early(key, id, p, Ending::Timeout);
             }
         }
     }
 
-    fn take_candidate(
-        &mut self,
-        key: PendingKey,
-        id: &Id,
-        response_stream: u64,
-    ) -> Option<Pending> {
+    /// Index of the best candidate for `id`: same stream (sockets), else a stream of the
+    /// same server (a client with several servers reusing ids), else the oldest.
+    fn candidate(&self, key: PendingKey, id: &Id, stream: StreamKey) -> Option<usize> {
+        let list = self.pending.get(&key)?.get(id)?;
+        let server = self.server_of_stream.get(&stream);
+        let same_server =
+            |p: &Pending| server.is_some() && self.server_of_stream.get(&p.stream) == server;
+        Some(
+            list.iter()
+                .position(|p| p.stream == stream)
+                .or_else(|| list.iter().position(same_server))
+                .unwrap_or(0),
+        )
+    }
+
+    fn take_at(&mut self, key: PendingKey, id: &Id, index: usize) -> Option<Pending> {
         let by_id = self.pending.get_mut(&key)?;
         let list = by_id.get_mut(id)?;
-        let response_server = self.server_of_stream.get(&response_stream).copied();
-        let index = list
-            .iter()
-            .position(|p| p.stream_id == response_stream)
-            .or_else(|| {
-                response_server.and_then(|s| {
-                    list.iter()
-                        .position(|p| self.server_of_stream.get(&p.stream_id) == Some(&s))
-                })
-            })
-            .unwrap_or(0);
+        if index >= list.len() {
+            return None;
+        }
         let p = list.remove(index);
         if list.is_empty() {
             by_id.remove(id);
@@ -295,6 +353,11 @@ impl Correlator {
         Some(p)
     }
 
+    fn take(&mut self, key: PendingKey, id: &Id, stream: StreamKey) -> Option<Pending> {
+        let index = self.candidate(key, id, stream)?;
+        self.take_at(key, id, index)
+    }
+
     fn on_response(&mut self, obs: &Observation<'_>, id: Option<Id>, outcome: Outcome) {
         // The request went the other way for this process.
         let key = PendingKey {
@@ -305,7 +368,7 @@ impl Correlator {
             self.unpaired(obs);
             return;
         };
-        let Some(p) = self.take_candidate(key, &id, obs.stream_id) else {
+        let Some(p) = self.take(key, &id, obs.stream) else {
             if self.finished_early.remove(&(key, id)).is_some() {
                 // The answer to a request already counted as cancelled or timed out.
                 self.metrics.agent.late_responses.inc();
@@ -316,49 +379,29 @@ impl Correlator {
         };
         if p.server_is_observer {
             // The process that received the request answers it on this stream.
-            self.server_of_stream.insert(obs.stream_id, obs.tgid);
-        } else if let Some(&server) = self.server_of_stream.get(&p.stream_id) {
-            self.server_of_stream.entry(obs.stream_id).or_insert(server);
+            self.server_of_stream.insert(obs.stream, obs.tgid);
+        } else if let Some(&server) = self.server_of_stream.get(&p.stream) {
+            self.server_of_stream.entry(obs.stream).or_insert(server);
         }
-        let server = self.server_name(obs, p.server_is_observer, p.stream_id);
-        let side = Side::of(key.direction);
-        let duration_s = obs.ts_ns.saturating_sub(p.ts_ns) as f64 / 1e9;
-        let (outcome_label, error_type) = outcome.labels();
-        let request_labels = RequestLabels {
-            mcp_server_name: server.clone(),
-            mcp_method_name: p.method.clone(),
-            gen_ai_tool_name: p.tool.clone(),
-            gen_ai_prompt_name: p.prompt.clone(),
-            network_transport: p.transport,
+        let server = self.server_of(obs.tgid, p.server_is_observer, p.stream);
+        let handshake = HANDSHAKE_METHODS.contains(&p.method.as_str());
+        let ending = Ending::Response {
+            outcome,
+            size: obs.size,
+            duration_s: obs.ts_ns.saturating_sub(p.ts_ns) as f64 / 1e9,
         };
-        let response_labels = ResponseLabels {
-            mcp_server_name: server.clone(),
-            mcp_method_name: p.method.clone(),
-            gen_ai_tool_name: p.tool.clone(),
-            gen_ai_prompt_name: p.prompt.clone(),
-            outcome: outcome_label,
-            error_type: error_type.clone(),
-            network_transport: p.transport,
+        let finished = Finished::Exchange {
+            side: Side::of(key.direction),
+            pending: p,
+            ending,
         };
-        let m = self.side(side);
-        m.requests.get_or_create(&request_labels).inc();
-        m.request_size
-            .get_or_create(&request_labels)
-            .observe(p.size as f64);
-        m.responses.get_or_create(&response_labels).inc();
-        m.response_size
-            .get_or_create(&response_labels)
-            .observe(obs.size as f64);
-        m.operation_duration
-            .get_or_create(&OperationLabels {
-                mcp_server_name: server,
-                mcp_method_name: p.method,
-                gen_ai_tool_name: p.tool,
-                gen_ai_prompt_name: p.prompt,
-                error_type,
-                network_transport: p.transport,
-            })
-            .observe(duration_s);
+        if !handshake {
+            // Past the handshake: whatever name the server has now is its name.
+            if let Some(tgid) = server {
+                self.settle(tgid);
+            }
+        }
+        self.finish(server, obs.comm, obs.ts_ns, finished);
     }
 
     fn unpaired(&self, obs: &Observation<'_>) {
@@ -377,96 +420,189 @@ impl Correlator {
             tgid: obs.tgid,
             direction: obs.direction,
         };
-        if let Some(p) = self.take_candidate(key, &id, obs.stream_id) {
-            self.finish_without_response(key, p, Ending::Cancelled);
-            self.remember_finished(key, id, obs.ts_ns);
+        if let Some(p) = self.take(key, &id, obs.stream) {
+            self.finish_early(key, id, p, Ending::Cancelled);
         }
     }
 
-    fn remember_finished(&mut self, key: PendingKey, id: Id, ts_ns: u64) {
-        self.finished_early.insert((key, id.clone()), ts_ns);
-        self.finished_early_order.push_back(((key, id), ts_ns));
+    /// A request that ends without a response (cancelled, timed out, evicted).
+    fn finish_early(&mut self, key: PendingKey, id: Id, p: Pending, ending: Ending) {
+        self.finished_early.insert((key, id.clone()), p.ts_ns);
+        self.finished_early_order.push_back((key, id));
         while self.finished_early_order.len() > FINISHED_EARLY_CAP {
-            if let Some((k, _)) = self.finished_early_order.pop_front() {
+            if let Some(k) = self.finished_early_order.pop_front() {
                 self.finished_early.remove(&k);
             }
         }
+        let server = self.server_of(key.tgid, p.server_is_observer, p.stream);
+        let (comm, ts) = (p.comm.clone(), p.ts_ns);
+        self.finish(
+            server,
+            &comm,
+            ts,
+            Finished::Exchange {
+                side: Side::of(key.direction),
+                pending: p,
+                ending,
+            },
+        );
     }
 
-    fn finish_without_response(&mut self, key: PendingKey, p: Pending, ending: Ending) {
-        let obs_stub = Observation {
-            tgid: key.tgid,
-            comm: "",
-            direction: key.direction,
-            stream_id: p.stream_id,
-            transport: p.transport,
-            ts_ns: p.ts_ns,
-            size: p.size,
+    /// Counts `finished` now, or holds it until its server's name is settled.
+    fn finish(&mut self, server: Option<u32>, comm: &str, now_ns: u64, finished: Finished) {
+        if let Some(tgid) = server {
+            if !self.processes.is_settled(tgid) {
+                let entry = self.unsettled.entry(tgid).or_insert_with(|| Unsettled {
+                    since_ns: now_ns,
+                    finished: Vec::new(),
+                });
+                if entry.finished.len() < MAX_UNSETTLED {
+                    entry.finished.push(finished);
+                    return;
+                }
+                self.settle(tgid);
+            }
+        }
+        let name = match server {
+            Some(tgid) => self.processes.server_name(tgid, comm),
+            None => "unknown".to_owned(),
         };
-        let server = self.server_name(&obs_stub, p.server_is_observer, p.stream_id);
-        let labels = RequestLabels {
-            mcp_server_name: server,
-            mcp_method_name: p.method,
-            gen_ai_tool_name: p.tool,
-            gen_ai_prompt_name: p.prompt,
-            network_transport: p.transport,
-        };
-        let m = self.side(Side::of(key.direction));
-        m.requests.get_or_create(&labels).inc();
-        m.request_size.get_or_create(&labels).observe(p.size as f64);
-        match ending {
-            Ending::Cancelled => m.cancellations.get_or_create(&labels).inc(),
-            Ending::Timeout => m.timeouts.get_or_create(&labels).inc(),
-        };
+        let name = self
+            .servers
+            .value(&name, &self.metrics.agent.label_overflow);
+        self.record(&name, finished);
     }
 
-    /// Times out requests older than the request timeout. `now_ns` is CLOCK_MONOTONIC.
+    /// The server's name is final: count what was held for it.
+    fn settle(&mut self, tgid: u32) {
+        self.processes.set_settled(tgid);
+        if let Some(held) = self.unsettled.remove(&tgid) {
+            for finished in held.finished {
+                self.finish(Some(tgid), "", 0, finished);
+            }
+        }
+    }
+
+    fn record(&self, server: &str, finished: Finished) {
+        match finished {
+            Finished::Notification {
+                side,
+                method,
+                transport,
+            } => {
+                self.side(side)
+                    .notifications
+                    .get_or_create(&NotificationLabels {
+                        mcp_server_name: server.to_owned(),
+                        mcp_method_name: method,
+                        network_transport: transport,
+                    })
+                    .inc();
+            }
+            Finished::Exchange {
+                side,
+                pending: p,
+                ending,
+            } => {
+                let m = self.side(side);
+                let request = RequestLabels {
+                    mcp_server_name: server.to_owned(),
+                    mcp_method_name: p.method,
+                    gen_ai_tool_name: p.tool,
+                    gen_ai_prompt_name: p.prompt,
+                    network_transport: p.transport,
+                };
+                m.requests.get_or_create(&request).inc();
+                m.request_size
+                    .get_or_create(&request)
+                    .observe(p.size as f64);
+                match ending {
+                    Ending::Cancelled => {
+                        m.cancellations.get_or_create(&request).inc();
+                    }
+                    Ending::Timeout => {
+                        m.timeouts.get_or_create(&request).inc();
+                    }
+                    Ending::Response {
+                        outcome,
+                        size,
+                        duration_s,
+                    } => {
+                        let (outcome, error_type) = outcome.labels();
+                        let response = ResponseLabels {
+                            mcp_server_name: request.mcp_server_name.clone(),
+                            mcp_method_name: request.mcp_method_name.clone(),
+                            gen_ai_tool_name: request.gen_ai_tool_name.clone(),
+                            gen_ai_prompt_name: request.gen_ai_prompt_name.clone(),
+                            outcome,
+                            error_type: error_type.clone(),
+                            network_transport: request.network_transport,
+                        };
+                        m.responses.get_or_create(&response).inc();
+                        m.response_size
+                            .get_or_create(&response)
+                            .observe(size as f64);
+                        let op = OperationLabels {
+                            mcp_server_name: request.mcp_server_name,
+                            mcp_method_name: request.mcp_method_name,
+                            gen_ai_tool_name: request.gen_ai_tool_name,
+                            gen_ai_prompt_name: request.gen_ai_prompt_name,
+                            error_type,
+                            network_transport: request.network_transport,
+                        };
+                        m.operation_duration.get_or_create(&op).observe(duration_s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Times out old requests and settles servers that never announced a name.
+    /// `now_ns` is CLOCK_MONOTONIC, the clock of the kernel timestamps.
     pub fn sweep(&mut self, now_ns: u64) {
         let deadline = now_ns.saturating_sub(self.config.request_timeout_ns);
         let mut expired = Vec::new();
-        for (key, by_id) in &mut self.pending {
-            for (id, list) in by_id.iter_mut() {
-                while let Some(pos) = list.iter().position(|p| p.ts_ns < deadline) {
-                    expired.push((*key, id.clone(), list.remove(pos)));
+        for (key, by_id) in &self.pending {
+            for (id, list) in by_id {
+                for (index, p) in list.iter().enumerate().rev() {
+                    if p.ts_ns < deadline {
+                        expired.push((*key, id.clone(), index));
+                    }
                 }
             }
-            by_id.retain(|_, l| !l.is_empty());
         }
-        self.pending.retain(|_, m| !m.is_empty());
-        for (key, id, p) in expired {
-            self.pending_count -= 1;
-            let ts = p.ts_ns;
-            self.finish_without_response(key, p, Ending::Timeout);
-            self.remember_finished(key, id, ts);
+        for (key, id, index) in expired {
+            if let Some(p) = self.take_at(key, &id, index) {
+                self.finish_early(key, id, p, Ending::Timeout);
+            }
         }
-        self.metrics
-            .agent
-            .pending_requests
-            .set(self.pending_count as i64);
+        let overdue: Vec<u32> = self
+            .unsettled
+            .iter()
+            .filter(|(&tgid, u)| {
+                now_ns.saturating_sub(u.since_ns) > SETTLE_AFTER_NS
+                    || !self.processes.is_alive(tgid)
+            })
+            .map(|(&tgid, _)| tgid)
+            .collect();
+        for tgid in overdue {
+            self.settle(tgid);
+        }
         self.processes.sweep();
     }
 
     /// Forgets what was learned about a stream that is no longer followed.
-    pub fn forget_stream(&mut self, stream_id: u64) {
-        self.server_of_stream.remove(&stream_id);
+    pub fn forget_stream(&mut self, stream: StreamKey) {
+        self.server_of_stream.remove(&stream);
     }
 
-    fn server_name(
-        &mut self,
-        obs: &Observation<'_>,
-        server_is_observer: bool,
-        stream_id: u64,
-    ) -> String {
-        let (tgid, comm) = if server_is_observer {
-            (Some(obs.tgid), obs.comm)
+    /// The tgid of the MCP server of an exchange, if known.
+    fn server_of(&self, observer: u32, server_is_observer: bool, stream: StreamKey) -> Option<u32> {
+        if server_is_observer {
+            Some(observer)
         } else {
-            (self.server_of_stream.get(&stream_id).copied(), "")
-        };
-        let raw = match tgid {
-            Some(t) => self.processes.server_name(t, comm),
-            None => "unknown".to_owned(),
-        };
-        self.servers.value(&raw, &self.metrics.agent.label_overflow)
+            self.server_of_stream.get(&stream).copied()
+        }
     }
 
     fn side(&self, side: Side) -> &SideMetrics {
@@ -494,28 +630,9 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Ending {
-    Cancelled,
-    Timeout,
-}
-
 fn opposite(d: Direction) -> Direction {
     match d {
         Direction::Read => Direction::Write,
         Direction::Write => Direction::Read,
     }
-}
-
-fn take_first(by_id: &mut HashMap<Id, Vec<Pending>>, id: &Id) -> Option<Pending> {
-    let list = by_id.get_mut(id)?;
-    let p = if list.is_empty() {
-        None
-    } else {
-        Some(list.remove(0))
-    };
-    if list.is_empty() {
-        by_id.remove(id);
-    }
-    p
 }

@@ -15,6 +15,8 @@ struct ProcessInfo {
     start_time: Option<u64>,
     derived_name: String,
     announced_server_name: Option<String>,
+    /// The name will not change any more (announced, or used past the handshake).
+    settled: bool,
 }
 
 impl Processes {
@@ -31,6 +33,21 @@ impl Processes {
         self.info(tgid, comm).announced_server_name = Some(name.to_owned());
     }
 
+    /// The process still runs and is the one we know (not a reused pid).
+    pub fn is_alive(&self, tgid: u32) -> bool {
+        let known = self.by_tgid.get(&tgid).map(|i| i.start_time);
+        let now = read_start_time(tgid);
+        now.is_some() && known.is_none_or(|k| k == now)
+    }
+
+    pub fn is_settled(&self, tgid: u32) -> bool {
+        self.by_tgid.get(&tgid).is_some_and(|i| i.settled)
+    }
+
+    pub fn set_settled(&mut self, tgid: u32) {
+        self.info(tgid, "").settled = true;
+    }
+
     fn info(&mut self, tgid: u32, comm: &str) -> &mut ProcessInfo {
         self.by_tgid.entry(tgid).or_insert_with(|| {
             let (cmdline, start_time) = read_proc(tgid);
@@ -45,6 +62,7 @@ impl Processes {
                 start_time,
                 derived_name,
                 announced_server_name: None,
+                settled: false,
             }
         })
     }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use mcp_probe_common::{Direction, EventKind, StreamKind};
 
 use crate::{
-    correlate::{Correlator, Observation},
+    correlate::{Correlator, Observation, StreamKey},
     decode::{decode, Record},
     metrics::{AgentMetrics, ReasonLabels},
     protocols::{
@@ -47,7 +47,7 @@ struct View {
 
 pub struct Pipeline<C: StreamControl> {
     config: PipelineConfig,
-    views: HashMap<(u64, Direction), View>,
+    views: HashMap<(StreamKey, Direction), View>,
     pub correlator: Correlator,
     metrics: AgentMetrics,
     control: C,
@@ -85,7 +85,11 @@ impl<C: StreamControl> Pipeline<C> {
 
     pub fn on_record(&mut self, r: &Record<'_>) {
         self.metrics.captured_bytes.inc_by(r.payload.len() as u64);
-        let key = (r.stream_id, r.direction());
+        let stream = StreamKey {
+            addr: r.stream_id,
+            ino: r.ino,
+        };
+        let key = (stream, r.direction());
         let max = self.config.max_message_bytes;
         let view = self.views.entry(key).or_insert_with(|| View {
             framer: LineFramer::new_mid_stream(max, r.payload),
@@ -118,7 +122,7 @@ impl<C: StreamControl> Pipeline<C> {
             tgid: r.tgid,
             comm: &comm,
             direction: r.direction(),
-            stream_id: r.stream_id,
+            stream,
             transport: view.transport,
             ts_ns: r.ts_ns,
             size: 0,
@@ -175,9 +179,9 @@ impl<C: StreamControl> Pipeline<C> {
                     reason: "not_jsonrpc",
                 })
                 .inc();
-            self.views.remove(&(r.stream_id, Direction::Read));
-            self.views.remove(&(r.stream_id, Direction::Write));
-            self.correlator.forget_stream(r.stream_id);
+            self.views.remove(&(stream, Direction::Read));
+            self.views.remove(&(stream, Direction::Write));
+            self.correlator.forget_stream(stream);
         }
         self.metrics.tracked_streams.set(self.views.len() as i64);
     }

@@ -1,1 +1,353 @@
+//! Support for the root integration tests: start the real agent, run real MCP SDK
+//! programs from the environment `tests/mcp/setup.sh` installs, scrape and parse metrics.
+//!
+//! Tests panic with a clear message when something is missing (no root, no agent binary,
+//! no SDK environment) rather than pass without testing anything.
 
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU16, Ordering},
+    time::{Duration, Instant},
+};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is in the repo")
+        .to_path_buf()
+}
+
+/// The SDK environment made by tests/mcp/setup.sh.
+pub fn mcp_env() -> PathBuf {
+    let dir = std::env::var_os("MCP_ENV_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("tests/.mcp-env"));
+    assert!(
+        dir.join("py2/bin/python").exists(),
+        "MCP SDK environment missing at {}: run `cargo xtask test` (it runs tests/mcp/setup.sh)",
+        dir.display()
+    );
+    dir
+}
+
+pub fn py2() -> PathBuf {
+    mcp_env().join("py2/bin/python")
+}
+
+pub fn py1() -> PathBuf {
+    mcp_env().join("py1/bin/python")
+}
+
+pub fn harness(file: &str) -> String {
+    repo_root()
+        .join("tests/mcp")
+        .join(file)
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub fn everything_server() -> Vec<String> {
+    let entry =
+        mcp_env().join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    vec![
+        "node".into(),
+        entry.to_string_lossy().into_owned(),
+        "stdio".into(),
+    ]
+}
+
+/// Serialises tests: each starts its own agent, and an agent sees all MCP traffic on the
+/// host, so two at once would count each other's traffic.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+static NEXT_PORT: AtomicU16 = AtomicU16::new(0);
+
+/// A running agent.
+pub struct Agent {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Agent {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "integration tests load eBPF programs and must run as root"
+        );
+        let bin = std::env::var_os("MCP_PROBE_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| repo_root().join("target/release/mcp-probe"));
+        assert!(
+            bin.exists(),
+            "agent binary {} missing: run `cargo xtask test`",
+            bin.display()
+        );
+        let port = 19_464
+            + (std::process::id() % 500) as u16 * 8
+            + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 8;
+        let log = std::env::temp_dir().join(format!("mcp-probe-test-{port}.log"));
+        let log_file = std::fs::File::create(&log).expect("create agent log");
+        let child = Command::new(&bin)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .expect("start agent");
+        let mut agent = Agent { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = agent.child.try_wait().expect("poll agent") {
+                panic!(
+                    "agent exited during start-up ({status}):\n{}",
+                    agent.log_text()
+                );
+            }
+            if agent.try_scrape().is_some() {
+                return agent;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not serve /metrics within 60 s:\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn try_scrape(&self) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .ok()?;
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).ok()?;
+        let (head, body) = buf.split_once("\r\n\r\n")?;
+        head.lines()
+            .next()
+            .is_some_and(|l| l.contains(" 200 "))
+            .then(|| body.to_owned())
+    }
+
+    pub fn scrape(&self) -> Metrics {
+        Metrics::parse(
+            &self
+                .try_scrape()
+                .unwrap_or_else(|| panic!("scrape failed:\n{}", self.log_text())),
+        )
+    }
+
+    /// Scrapes until `done` holds (the agent drains every few ms), or panics after 20 s
+    /// with the last scrape.
+    pub fn wait_for(&self, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let m = self.scrape();
+            if done(&m) {
+                return m;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {what}; last scrape:\n{}",
+                    m.dump("mcp_")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the agent with SIGTERM and checks it exits cleanly.
+    pub fn stop(mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll agent") {
+                assert!(
+                    status.success(),
+                    "agent exited with {status}:\n{}",
+                    self.log_text()
+                );
+                return;
+            }
+            assert!(Instant::now() < deadline, "agent did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed scrape: series name -> label set -> value.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    series: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let mut series = Vec::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let (name_labels, value) = line.rsplit_once(' ').expect("metric line has a value");
+            let value: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("bad value in {line}"));
+            let (name, labels) = match name_labels.split_once('{') {
+                Some((n, rest)) => (
+                    n.to_owned(),
+                    parse_labels(rest.strip_suffix('}').expect("closing brace")),
+                ),
+                None => (name_labels.to_owned(), BTreeMap::new()),
+            };
+            series.push((name, labels, value));
+        }
+        Metrics { series }
+    }
+
+    /// Sum of `name` over series whose labels include every `(key, value)` in `filter`
+    /// (an empty value matches an absent or empty label).
+    pub fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+        self.series
+            .iter()
+            .filter(|(n, labels, _)| {
+                n == name
+                    && filter
+                        .iter()
+                        .all(|(k, v)| labels.get(*k).map(String::as_str).unwrap_or("") == *v)
+            })
+            .map(|(_, _, v)| v)
+            .sum()
+    }
+
+    /// Distinct values of `label` among series of `name`.
+    pub fn label_values(&self, name: &str, label: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .series
+            .iter()
+            .filter(|(n, _, _)| n == name)
+            .filter_map(|(_, l, _)| l.get(label).cloned())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn dump(&self, prefix: &str) -> String {
+        self.series
+            .iter()
+            .filter(|(n, _, _)| n.starts_with(prefix) && !n.ends_with("_bucket"))
+            .map(|(n, l, v)| format!("{n}{l:?} {v}\n"))
+            .collect()
+    }
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let (key, after) = rest.split_once("=\"").expect("label key");
+        let mut value = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, e)) = chars.next() {
+                        value.push(match e {
+                            'n' => '\n',
+                            other => other,
+                        });
+                    }
+                }
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => value.push(c),
+            }
+        }
+        out.insert(key.trim_start_matches(',').to_owned(), value);
+        rest = after[end..].trim_start_matches(',');
+    }
+    out
+}
+
+/// Runs the SDK client driver and returns its JSON summary.
+pub fn run_client(python: &Path, args: &[&str], server: &[String]) -> serde_json::Value {
+    let out = Command::new(python)
+        .arg(harness("client.py"))
+        .args(args)
+        .arg("--")
+        .args(server)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run client.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "client.py printed no summary; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(
+        out.status.success() && summary["passed"] == true,
+        "client scenario failed: {summary}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_openmetrics_lines() {
+        let m = Metrics::parse(
+            "# HELP x y\nmcp_a_total{s=\"p\",t=\"\"} 3\nmcp_a_total{s=\"q\\\"x\",t=\"e\"} 2\nmcp_b 1.5\n# EOF\n",
+        );
+        assert_eq!(m.sum("mcp_a_total", &[]), 5.0);
+        assert_eq!(m.sum("mcp_a_total", &[("s", "p"), ("t", "")]), 3.0);
+        assert_eq!(m.sum("mcp_a_total", &[("s", "q\"x")]), 2.0);
+        assert_eq!(m.sum("mcp_b", &[]), 1.5);
+        assert_eq!(
+            m.label_values("mcp_a_total", "t"),
+            vec!["".to_owned(), "e".to_owned()]
+        );
+    }
+}

@@ -20,7 +20,7 @@ pub enum LoadError {
     #[error(transparent)]
     Offsets(#[from] kernel_offsets::OffsetsError),
     #[error("loading the eBPF object failed: {0}{hint}", hint = privilege_hint())]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("program {0} is missing from the eBPF object")]
     MissingProgram(&'static str),
     #[error("program {name} failed to load or attach to {category}:{tracepoint}: {source}{hint}", hint = privilege_hint())]
@@ -29,7 +29,7 @@ pub enum LoadError {
         category: &'static str,
         tracepoint: &'static str,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("map {0} is missing or has the wrong type: {1}")]
     Map(&'static str, String),
@@ -111,15 +111,15 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .override_global(WAKEUP_BYTES_GLOBAL, &opts.wakeup_bytes, true)
         .map_max_entries(EVENTS_MAP, opts.ring_bytes)
         .load(object)
-        .map_err(LoadError::Load)?;
+        .map_err(|e| LoadError::Load(Box::new(e)))?;
 
     let mut attached = Vec::new();
     for &(name, category, tracepoint) in HOOKS {
-        let attach_err = |source| LoadError::Attach {
+        let attach_err = |source: aya::programs::ProgramError| LoadError::Attach {
             name,
             category,
             tracepoint,
-            source,
+            source: Box::new(source),
         };
         let program: &mut TracePoint = ebpf
             .program_mut(name)

@@ -82,21 +82,33 @@ fn main() -> Result<()> {
                 )?;
                 run(
                     Command::new("cargo")
+                        .args(["clippy", "--all-targets", "--", "-D", "warnings"])
+                        .current_dir(&root),
+                    "cargo clippy",
+                )?;
+                // The kernel crate only builds for the BPF target with nightly and build-std.
+                run(
+                    Command::new("cargo")
                         .args([
+                            "+nightly",
                             "clippy",
-                            "--workspace",
-                            "--all-targets",
+                            "-p",
+                            "mcp-probe-ebpf",
+                            "--target",
+                            "bpfel-unknown-none",
+                            "-Z",
+                            "build-std=core",
                             "--",
                             "-D",
                             "warnings",
                         ])
                         .current_dir(&root),
-                    "cargo clippy",
+                    "cargo clippy (eBPF crate)",
                 )?;
             }
             let bin = build_agent(&root, true)?;
             let mut cmd = Command::new("cargo");
-            cmd.args(["test", "--workspace"])
+            cmd.args(["test"])
                 .current_dir(&root)
                 .env("MCP_PROBE_BIN", &bin)
                 .env("MCP_ENV_DIR", root.join("tests/.mcp-env"));

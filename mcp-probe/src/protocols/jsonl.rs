@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn oversized_line_is_counted_exactly_without_buffering_it() {
         let mut f = LineFramer::new(16);
-        let big = vec![b'x'; 100];
+        let big = [b'x'; 100];
         let out = run(&mut f, &[(&big[..50], 1), (&big[50..], 2), (b"\n{}\n", 3)]);
         assert_eq!(out, vec![Out::Big(100, 0), Out::Msg(b"{}".to_vec(), 3, 3)]);
         assert_eq!(f.buffered_bytes(), 0);

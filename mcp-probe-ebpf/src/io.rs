@@ -10,6 +10,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
+use aya_log_ebpf::debug;
 use mcp_probe_common::{verdict, FdState, Stat, StreamState, Syscall, MAX_PROBES};
 
 use crate::{
@@ -110,7 +111,7 @@ fn on_exit(ctx: &TracePointContext) -> u32 {
     let Ok(syscall) = Syscall::try_from(inflight.syscall) else {
         return 0;
     };
-    match try_exit(pid_tgid, &inflight, syscall, ret as u64) {
+    match try_exit(ctx, pid_tgid, &inflight, syscall, ret as u64) {
         Ok(()) => 0,
         Err(_) => {
             stats::add(Stat::FdLookupFailed, 1);
@@ -120,7 +121,13 @@ fn on_exit(ctx: &TracePointContext) -> u32 {
 }
 
 #[inline(always)]
-fn try_exit(pid_tgid: u64, inflight: &Inflight, syscall: Syscall, len: u64) -> Result<(), i64> {
+fn try_exit(
+    ctx: &TracePointContext,
+    pid_tgid: u64,
+    inflight: &Inflight,
+    syscall: Syscall,
+    len: u64,
+) -> Result<(), i64> {
     let key = fd_key(pid_tgid >> 32, inflight.fd);
     let file = current_file(inflight.fd)?;
     if file == 0 {
@@ -190,11 +197,21 @@ fn try_exit(pid_tgid: u64, inflight: &Inflight, syscall: Syscall, len: u64) -> R
             if looks_like_jsonrpc(inflight, syscall, len) {
                 stream.verdict = verdict::FOLLOWED;
                 stats::add(Stat::StreamsFollowed, 1);
+                debug!(
+                    ctx,
+                    "following stream ino={} (tgid {})",
+                    fd_state.ino,
+                    pid_tgid >> 32
+                );
             } else {
                 stream.probes_failed += 1;
                 if stream.probes_failed >= MAX_PROBES {
                     stream.verdict = verdict::IGNORED;
                     stats::add(Stat::StreamsIgnored, 1);
+                    debug!(
+                        ctx,
+                        "ignoring stream ino={}: its first bytes are not JSON", fd_state.ino
+                    );
                 }
                 return Ok(());
             }

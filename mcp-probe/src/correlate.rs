@@ -87,7 +87,6 @@ struct Pending {
     transport: &'static str,
     /// The MCP server of this exchange is the observing process itself.
     server_is_observer: bool,
-    comm: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -205,6 +204,7 @@ impl Correlator {
 
     /// Handles one parsed message.
     pub fn on_message(&mut self, obs: &Observation<'_>, msg: Message<'_>) {
+        self.processes.observe(obs.tgid, obs.comm);
         match msg {
             Message::Request { id, method, info } => {
                 let server_to_client = SERVER_TO_CLIENT_REQUESTS.contains(&method.as_ref());
@@ -236,7 +236,6 @@ impl Correlator {
                         size: obs.size,
                         transport: obs.transport,
                         server_is_observer,
-                        comm: obs.comm.to_owned(),
                     },
                 );
             }
@@ -257,7 +256,7 @@ impl Correlator {
                     method,
                     transport: obs.transport,
                 };
-                self.finish(server, obs.comm, obs.ts_ns, finished);
+                self.finish(server, obs.ts_ns, finished);
             }
             Message::Response { id, info } => {
                 if let Some(name) = info.server_name.as_deref() {
@@ -268,8 +267,7 @@ impl Correlator {
                         self.server_of_stream.get(&obs.stream).copied()
                     };
                     if let Some(tgid) = announcer {
-                        self.processes
-                            .set_announced_server_name(tgid, obs.comm, name);
+                        self.processes.set_announced_server_name(tgid, name);
                         self.settle(tgid);
                     }
                 }
@@ -377,6 +375,13 @@ impl Correlator {
             }
             return;
         };
+        if obs.ts_ns.saturating_sub(p.ts_ns) > self.config.request_timeout_ns {
+            // Past the deadline whether or not the sweep has run yet: a timeout, answered late.
+            self.finish_early(key, id.clone(), p, Ending::Timeout);
+            self.finished_early.remove(&(key, id));
+            self.metrics.agent.late_responses.inc();
+            return;
+        }
         if p.server_is_observer {
             // The process that received the request answers it on this stream.
             self.server_of_stream.insert(obs.stream, obs.tgid);
@@ -401,7 +406,7 @@ impl Correlator {
                 self.settle(tgid);
             }
         }
-        self.finish(server, obs.comm, obs.ts_ns, finished);
+        self.finish(server, obs.ts_ns, finished);
     }
 
     fn unpaired(&self, obs: &Observation<'_>) {
@@ -435,10 +440,9 @@ impl Correlator {
             }
         }
         let server = self.server_of(key.tgid, p.server_is_observer, p.stream);
-        let (comm, ts) = (p.comm.clone(), p.ts_ns);
+        let ts = p.ts_ns;
         self.finish(
             server,
-            &comm,
             ts,
             Finished::Exchange {
                 side: Side::of(key.direction),
@@ -449,7 +453,7 @@ impl Correlator {
     }
 
     /// Counts `finished` now, or holds it until its server's name is settled.
-    fn finish(&mut self, server: Option<u32>, comm: &str, now_ns: u64, finished: Finished) {
+    fn finish(&mut self, server: Option<u32>, now_ns: u64, finished: Finished) {
         if let Some(tgid) = server {
             if !self.processes.is_settled(tgid) {
                 let entry = self.unsettled.entry(tgid).or_insert_with(|| Unsettled {
@@ -464,7 +468,7 @@ impl Correlator {
             }
         }
         let name = match server {
-            Some(tgid) => self.processes.server_name(tgid, comm),
+            Some(tgid) => self.processes.server_name(tgid),
             None => "unknown".to_owned(),
         };
         let name = self
@@ -478,7 +482,7 @@ impl Correlator {
         self.processes.set_settled(tgid);
         if let Some(held) = self.unsettled.remove(&tgid) {
             for finished in held.finished {
-                self.finish(Some(tgid), "", 0, finished);
+                self.finish(Some(tgid), 0, finished);
             }
         }
     }

@@ -21,16 +21,21 @@ struct ProcessInfo {
 
 impl Processes {
     /// The server name for `tgid`: announced if seen, else derived from /proc.
-    pub fn server_name(&mut self, tgid: u32, comm: &str) -> String {
-        let info = self.info(tgid, comm);
+    pub fn server_name(&mut self, tgid: u32) -> String {
+        let info = self.info(tgid, "");
         info.announced_server_name
             .clone()
             .unwrap_or_else(|| info.derived_name.clone())
     }
 
     /// Records the `serverInfo.name` a process announced.
-    pub fn set_announced_server_name(&mut self, tgid: u32, comm: &str, name: &str) {
-        self.info(tgid, comm).announced_server_name = Some(name.to_owned());
+    pub fn set_announced_server_name(&mut self, tgid: u32, name: &str) {
+        self.info(tgid, "").announced_server_name = Some(name.to_owned());
+    }
+
+    /// Notes a process seen in traffic; its command line is read once, now, while it runs.
+    pub fn observe(&mut self, tgid: u32, comm: &str) {
+        self.info(tgid, comm);
     }
 
     /// The process still runs and is the one we know (not a reused pid).

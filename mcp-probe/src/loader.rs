@@ -69,8 +69,12 @@ pub struct Loaded {
     pub events: RingBuf<MapData>,
     pub stats: PerCpuArray<MapData, u64>,
     pub streams: KernelStreams,
+    pub kernel_log: Option<KernelLog>,
     pub attached: Vec<String>,
 }
+
+/// aya-log's reader of the kernel programs' log messages.
+pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 pub struct LoadOptions {
     pub ring_bytes: u32,
@@ -106,13 +110,29 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     let offsets = kernel_offsets::load(TRACEFS)?;
     tracing::debug!(?offsets, "kernel struct offsets from BTF");
     let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcp-probe"));
+    // Kernel-side log lines (aya-log) are rare (a stream followed or ignored); they are only
+    // produced when the agent logs at debug level.
+    let log_level = if tracing::enabled!(target: "mcp_probe::io", tracing::Level::DEBUG) {
+        aya_log::Level::Debug
+    } else {
+        aya_log::Level::Info
+    } as u8;
     let mut ebpf = EbpfLoader::new()
+        .override_global(aya_log::LEVEL, &log_level, false)
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(WAKEUP_BYTES_GLOBAL, &opts.wakeup_bytes, true)
         .map_max_entries(EVENTS_MAP, opts.ring_bytes)
         .load(object)
         .map_err(|e| LoadError::Load(Box::new(e)))?;
 
+    // Must stay alive while the programs run: dropping it closes the log map.
+    let kernel_log = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(logger) => Some(logger),
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel-side log messages unavailable");
+            None
+        }
+    };
     let mut attached = Vec::new();
     for &(name, category, tracepoint) in HOOKS {
         let attach_err = |source: aya::programs::ProgramError| LoadError::Attach {
@@ -145,6 +165,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         events,
         stats,
         streams: KernelStreams(streams),
+        kernel_log,
         attached,
     })
 }

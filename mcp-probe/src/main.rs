@@ -107,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         events,
         stats,
         streams,
+        kernel_log,
         ..
     } = loaded;
 
@@ -140,7 +141,14 @@ fn main() -> anyhow::Result<()> {
         };
         std::thread::Builder::new()
             .name("mcp-probe-reader".into())
-            .spawn(move || reader::run(events, stats, pipeline, agent_metrics, config, stop))
+            .spawn(move || {
+                let kernel = reader::Kernel {
+                    events,
+                    stats,
+                    log: kernel_log,
+                };
+                reader::run(kernel, pipeline, agent_metrics, config, stop)
+            })
             .context("cannot start the reader thread")?
     };
 

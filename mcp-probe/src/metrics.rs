@@ -167,7 +167,7 @@ impl SideMetrics {
 }
 
 /// The agent's own counters.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct AgentMetrics {
     pub records: Counter,
     pub captured_bytes: Counter,
@@ -182,6 +182,7 @@ pub struct AgentMetrics {
     pub messages: Counter,
     pub unconfirmed_lines: Counter,
     pub oversized_messages: Counter,
+    pub oversized_message_size: Histogram,
     pub resync_discarded_bytes: Counter,
     pub unpaired_responses: Family<TransportLabels, Counter>,
     pub late_responses: Counter,
@@ -190,6 +191,35 @@ pub struct AgentMetrics {
     pub buffered_bytes: Gauge,
     pub label_overflow: Family<LabelNameLabels, Counter>,
     pub build_info: Family<BuildInfoLabels, Gauge>,
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self {
+            records: Counter::default(),
+            captured_bytes: Counter::default(),
+            kernel_records: Counter::default(),
+            lost_records: Family::default(),
+            lost_bytes: Family::default(),
+            followed_syscalls: Counter::default(),
+            streams_followed: Counter::default(),
+            streams_ignored: Family::default(),
+            kernel_errors: Family::default(),
+            parse_errors: Family::default(),
+            messages: Counter::default(),
+            unconfirmed_lines: Counter::default(),
+            oversized_messages: Counter::default(),
+            oversized_message_size: size_histogram(),
+            resync_discarded_bytes: Counter::default(),
+            unpaired_responses: Family::default(),
+            late_responses: Counter::default(),
+            tracked_streams: Gauge::default(),
+            pending_requests: Gauge::default(),
+            buffered_bytes: Gauge::default(),
+            label_overflow: Family::default(),
+            build_info: Family::default(),
+        }
+    }
 }
 
 impl AgentMetrics {
@@ -241,6 +271,11 @@ impl AgentMetrics {
         );
         r.register("mcp_probe_unconfirmed_lines", "Lines on followed streams that had not carried JSON-RPC yet and did not parse as JSON-RPC (other programs' JSON output; such streams are dropped after 8 lines)", m.unconfirmed_lines.clone());
         r.register("mcp_probe_oversized_messages", "Messages longer than --max-message-bytes or with uncaptured bytes; sized exactly but not parsed", m.oversized_messages.clone());
+        r.register(
+            "mcp_probe_oversized_message_size_bytes",
+            "Exact sizes of oversized messages",
+            m.oversized_message_size.clone(),
+        );
         r.register(
             "mcp_probe_resync_discarded_bytes",
             "Bytes skipped to find the next message boundary after a loss",

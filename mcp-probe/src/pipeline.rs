@@ -206,8 +206,9 @@ fn handle_frame(
     metrics: &AgentMetrics,
 ) -> Result<u64, &'static str> {
     let (bytes, last_ts) = match frame {
-        Frame::Oversized { .. } => {
+        Frame::Oversized { len, .. } => {
             metrics.oversized_messages.inc();
+            metrics.oversized_message_size.observe(len as f64);
             return Err("oversized");
         }
         Frame::Message { bytes, last_ts, .. } => (bytes, last_ts),
@@ -262,5 +263,236 @@ fn transport(kind: StreamKind) -> &'static str {
         // Until socket families are decoded (issue P2), newline-delimited JSON-RPC on a
         // socket is stdio over a socketpair (how Node.js spawns children) or a unix socket.
         StreamKind::Socket => "unix",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipeline driven by a synthetic event generator (fake clock, advancing offsets):
+    //! pairing across processes, losses, stream reuse, without a kernel.
+
+    use mcp_probe_common::{EventHeader, Syscall};
+    use prometheus_client::{encoding::text::encode, registry::Registry};
+
+    use super::*;
+    use crate::{correlate::CorrelatorConfig, decode::encode as encode_record, metrics::Metrics};
+
+    #[derive(Default)]
+    struct Ignored(Vec<u64>);
+    impl StreamControl for Ignored {
+        fn ignore_stream(&mut self, stream_id: u64) {
+            self.0.push(stream_id);
+        }
+    }
+
+    /// Fake kernel: assigns stream offsets and timestamps like the programs do.
+    struct Generator {
+        now_ns: u64,
+        offsets: HashMap<(u64, u64, u32), u64>,
+    }
+
+    impl Generator {
+        fn new() -> Self {
+            Self {
+                now_ns: 1_000_000_000,
+                offsets: HashMap::new(),
+            }
+        }
+
+        fn record(
+            &mut self,
+            tgid: u32,
+            comm: &str,
+            stream: (u64, u64),
+            syscall: Syscall,
+            bytes: &[u8],
+        ) -> Vec<u8> {
+            self.now_ns += 1_000_000; // 1 ms per syscall
+            let offset = self
+                .offsets
+                .entry((stream.0, stream.1, syscall.direction() as u32))
+                .or_insert(0);
+            let mut c = [0u8; 16];
+            c[..comm.len()].copy_from_slice(comm.as_bytes());
+            let header = EventHeader {
+                kind: EventKind::Data as u32,
+                syscall: syscall as u32,
+                ts_ns: self.now_ns,
+                tgid,
+                tid: tgid,
+                comm: c,
+                stream_id: stream.0,
+                ino: stream.1,
+                stream_kind: StreamKind::Pipe as u32,
+                fd: 0,
+                stream_offset: *offset,
+                syscall_len: bytes.len() as u64,
+                syscall_offset: 0,
+                captured_len: bytes.len() as u32,
+                gap_len: 0,
+            };
+            *offset += bytes.len() as u64;
+            encode_record(&header, bytes)
+        }
+
+        /// Skips `n` bytes of a stream, as when the ring buffer was full.
+        fn lose(&mut self, stream: (u64, u64), direction: Direction, n: u64) {
+            *self
+                .offsets
+                .entry((stream.0, stream.1, direction as u32))
+                .or_insert(0) += n;
+        }
+    }
+
+    fn pipeline() -> (Pipeline<Ignored>, Registry) {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let correlator = Correlator::new(CorrelatorConfig::default(), metrics.clone());
+        (
+            Pipeline::new(
+                PipelineConfig {
+                    max_message_bytes: 1 << 20,
+                },
+                correlator,
+                metrics.agent,
+                Ignored::default(),
+            ),
+            registry,
+        )
+    }
+
+    fn value(registry: &Registry, series: &str) -> f64 {
+        let mut text = String::new();
+        encode(&mut text, registry).expect("encode");
+        text.lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+            .sum()
+    }
+
+    const CLIENT: u32 = 4_000_000; // pids that do not exist: names come from comm
+    const SERVER: u32 = 4_000_001;
+    const TO_SERVER: (u64, u64) = (0xffff_0000_0000_1000, 11);
+    const TO_CLIENT: (u64, u64) = (0xffff_0000_0000_2000, 12);
+
+    /// One exchange, seen by both processes, in the order the kernel would report it.
+    fn exchange(g: &mut Generator, p: &mut Pipeline<Ignored>, request: &[u8], response: &[u8]) {
+        let records = [
+            g.record(CLIENT, "client", TO_SERVER, Syscall::Write, request),
+            g.record(SERVER, "weather", TO_SERVER, Syscall::Read, request),
+            g.record(SERVER, "weather", TO_CLIENT, Syscall::Write, response),
+            g.record(CLIENT, "client", TO_CLIENT, Syscall::Read, response),
+        ];
+        for r in &records {
+            p.on_record_bytes(r);
+        }
+    }
+
+    #[test]
+    fn pairs_on_both_sides_with_kernel_timestamps() {
+        let (mut p, registry) = pipeline();
+        let mut g = Generator::new();
+        exchange(&mut g, &mut p, b"{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"tools/call\",\"params\":{\"name\":\"forecast\"}}\n", b"{\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{\"isError\":true}}\n");
+        p.sweep(g.now_ns + 10_000_000_000); // settle the name (no handshake seen)
+        let q = "{mcp_server_name=\"weather\",mcp_method_name=\"tools/call\",gen_ai_tool_name=\"forecast\",gen_ai_prompt_name=\"\",outcome=\"tool_error\",error_type=\"tool_error\",network_transport=\"pipe\"}";
+        assert_eq!(
+            value(&registry, &format!("mcp_client_responses_total{q}")),
+            1.0
+        );
+        assert_eq!(
+            value(&registry, &format!("mcp_server_responses_total{q}")),
+            1.0
+        );
+        // Client: written at t+1ms, response read at t+4ms; server: read t+2, written t+3.
+        assert!(
+            (value(&registry, "mcp_client_operation_duration_seconds_sum") - 0.003).abs() < 1e-9
+        );
+        assert!(
+            (value(&registry, "mcp_server_operation_duration_seconds_sum") - 0.001).abs() < 1e-9
+        );
+    }
+
+    #[test]
+    fn a_loss_resynchronises_and_later_exchanges_still_pair() {
+        let (mut p, registry) = pipeline();
+        let mut g = Generator::new();
+        let req = |id: u32| {
+            format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"ping\"}}\n").into_bytes()
+        };
+        let resp =
+            |id: u32| format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{}}}}\n").into_bytes();
+        exchange(&mut g, &mut p, &req(1), &resp(1));
+        // The kernel lost a record of the client's writes: half a request went missing.
+        let half_message = b"{\"jsonrpc\":\"2.0\",\"id\":2,";
+        let half = g.record(CLIENT, "client", TO_SERVER, Syscall::Write, half_message);
+        p.on_record_bytes(&half);
+        g.lose(TO_SERVER, Direction::Write, 20);
+        p.on_record_bytes(&g.record(CLIENT, "client", TO_SERVER, Syscall::Write, b"\"tail\"}\n"));
+        exchange(&mut g, &mut p, &req(3), &resp(3));
+        p.sweep(g.now_ns + 10_000_000_000);
+        assert_eq!(value(&registry, "mcp_client_requests_total"), 2.0);
+        assert_eq!(value(&registry, "mcp_probe_parse_errors_total"), 0.0);
+        let tail = b"\"tail\"}\n".len();
+        assert_eq!(
+            value(&registry, "mcp_probe_resync_discarded_bytes_total"),
+            (half_message.len() + tail) as f64
+        );
+    }
+
+    #[test]
+    fn reused_inode_memory_is_a_new_stream() {
+        let (mut p, registry) = pipeline();
+        let mut g = Generator::new();
+        let req = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}\n";
+        let resp = b"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n";
+        exchange(&mut g, &mut p, req, resp);
+        // Same inode address, new inode number, offsets from 0 again.
+        let reused = (TO_SERVER.0, 99);
+        p.on_record_bytes(&g.record(CLIENT, "client", reused, Syscall::Write, req));
+        p.on_record_bytes(&g.record(SERVER, "weather", reused, Syscall::Read, req));
+        p.on_record_bytes(&g.record(SERVER, "weather", TO_CLIENT, Syscall::Write, resp));
+        p.on_record_bytes(&g.record(CLIENT, "client", TO_CLIENT, Syscall::Read, resp));
+        p.sweep(g.now_ns + 10_000_000_000);
+        assert_eq!(value(&registry, "mcp_server_requests_total"), 2.0);
+        assert_eq!(
+            value(&registry, "mcp_probe_resync_discarded_bytes_total"),
+            0.0
+        );
+    }
+
+    #[test]
+    fn json_that_is_not_jsonrpc_turns_the_stream_off() {
+        let (mut p, registry) = pipeline();
+        let mut g = Generator::new();
+        for _ in 0..NON_JSONRPC_LINES_BEFORE_IGNORE {
+            p.on_record_bytes(&g.record(
+                7,
+                "logger",
+                TO_SERVER,
+                Syscall::Write,
+                b"{\"level\":\"info\"}\n",
+            ));
+        }
+        assert_eq!(p.control.0, vec![TO_SERVER.0]);
+        assert_eq!(value(&registry, "mcp_probe_parse_errors_total"), 0.0);
+        assert_eq!(value(&registry, "mcp_probe_unconfirmed_lines_total"), 8.0);
+    }
+
+    #[test]
+    fn timeouts_and_unsettled_names_are_flushed_by_the_sweep() {
+        let (mut p, registry) = pipeline();
+        let mut g = Generator::new();
+        let req = b"{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"method\":\"tools/call\",\"params\":{\"name\":\"slow\"}}\n";
+        p.on_record_bytes(&g.record(CLIENT, "client", TO_SERVER, Syscall::Write, req));
+        p.on_record_bytes(&g.record(SERVER, "weather", TO_SERVER, Syscall::Read, req));
+        p.sweep(g.now_ns + 301 * 1_000_000_000);
+        assert_eq!(value(&registry, "mcp_client_request_timeouts_total"), 1.0);
+        assert_eq!(value(&registry, "mcp_server_request_timeouts_total"), 1.0);
+        // The answer arrives after all.
+        let resp = b"{\"jsonrpc\":\"2.0\",\"id\":\"a\",\"result\":{}}\n";
+        p.on_record_bytes(&g.record(SERVER, "weather", TO_CLIENT, Syscall::Write, resp));
+        p.on_record_bytes(&g.record(CLIENT, "client", TO_CLIENT, Syscall::Read, resp));
+        assert_eq!(value(&registry, "mcp_probe_late_responses_total"), 2.0);
+        assert_eq!(value(&registry, "mcp_probe_unpaired_responses_total"), 0.0);
     }
 }

@@ -15,6 +15,7 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use mcp_probe_common::Stat;
 
 use crate::{
+    loader::KernelLog,
     metrics::{AgentMetrics, ReasonLabels},
     pipeline::{Pipeline, StreamControl},
 };
@@ -25,14 +26,25 @@ pub struct ReaderConfig {
 }
 
 /// Runs until `stop` is set.
+/// The kernel's outputs the reader drains.
+pub struct Kernel {
+    pub events: RingBuf<MapData>,
+    pub stats: PerCpuArray<MapData, u64>,
+    pub log: Option<KernelLog>,
+}
+
 pub fn run<C: StreamControl>(
-    mut events: RingBuf<MapData>,
-    stats: PerCpuArray<MapData, u64>,
+    kernel: Kernel,
     mut pipeline: Pipeline<C>,
     metrics: AgentMetrics,
     config: ReaderConfig,
     stop: Arc<AtomicBool>,
 ) {
+    let Kernel {
+        mut events,
+        stats,
+        log: mut kernel_log,
+    } = kernel;
     let mut kernel = KernelStats::new(stats, metrics);
     let mut last_sweep = Instant::now();
     let timeout_ms = config.drain_interval.as_millis().clamp(1, i32::MAX as u128) as i32;
@@ -48,6 +60,9 @@ pub fn run<C: StreamControl>(
         // Let a burst build up into one batch before draining.
         while let Some(item) = events.next() {
             pipeline.on_record_bytes(&item);
+        }
+        if let Some(log) = kernel_log.as_mut() {
+            log.flush();
         }
         let stopping = stop.load(Ordering::Relaxed);
         if stopping || last_sweep.elapsed() >= config.sweep_interval {

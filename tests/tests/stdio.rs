@@ -423,6 +423,55 @@ fn slow_tool_lands_in_its_latency_bucket() {
 }
 
 #[test]
+fn a_request_past_the_deadline_is_a_timeout_and_its_answer_is_late() {
+    let _guard = exclusive();
+    let agent = Agent::start_with(&["--request-timeout-seconds", "1"]);
+    run_client(
+        &py2(),
+        &["--scenario", "slow"],
+        &[py2().display().to_string(), harness("py2_server.py")],
+    );
+    let m = agent.wait_for(
+        "a timed-out slow call and its late answer on both sides",
+        |m| {
+            m.sum(
+                "mcp_client_request_timeouts_total",
+                &[("gen_ai_tool_name", "slow")],
+            ) >= 1.0
+                && m.sum(
+                    "mcp_server_request_timeouts_total",
+                    &[("gen_ai_tool_name", "slow")],
+                ) >= 1.0
+                && m.sum("mcp_probe_late_responses_total", &[]) >= 2.0
+        },
+    );
+    for side in [CLIENT, SERVER] {
+        assert_eq!(
+            m.sum(
+                &format!("{side}_request_timeouts_total"),
+                &[
+                    ("mcp_server_name", "probe-py2"),
+                    ("gen_ai_tool_name", "slow")
+                ]
+            ),
+            1.0
+        );
+        assert_eq!(requests(&m, side, "probe-py2", "tools/call", "slow"), 1.0);
+        assert_eq!(
+            responses(&m, side, "probe-py2", "tools/call", "slow", "ok"),
+            0.0
+        );
+    }
+    assert_eq!(
+        m.sum("mcp_probe_late_responses_total", &[]),
+        2.0,
+        "the 1.5 s answer arrives after the 1 s deadline, on both sides"
+    );
+    assert_eq!(m.sum("mcp_probe_unpaired_responses_total", &[]), 0.0);
+    agent.stop();
+}
+
+#[test]
 fn cancelled_call_is_counted_and_the_session_goes_on() {
     let _guard = exclusive();
     let agent = Agent::start();
@@ -542,6 +591,15 @@ fn garbage_and_a_64_mib_line_are_counted_and_the_session_is_still_measured() {
         m.sum("mcp_probe_oversized_messages_total", &[]) >= 1.0,
         "{}",
         m.dump("mcp_probe")
+    );
+    // ... with its exact size (each side that saw it whole reports the same length).
+    let big = summary["big_line_bytes"].as_f64().expect("big_line_bytes");
+    let sizes = m.sum("mcp_probe_oversized_message_size_bytes_sum", &[]);
+    let count = m.sum("mcp_probe_oversized_message_size_bytes_count", &[]);
+    assert_eq!(
+        sizes,
+        big * count,
+        "oversized sizes {sizes} over {count} messages, line is {big} bytes"
     );
     // Whatever the kernel could not deliver is in the loss counters, never silent.
     let captured = m.sum("mcp_probe_captured_bytes_total", &[]);

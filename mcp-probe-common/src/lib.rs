@@ -110,17 +110,31 @@ pub enum Syscall {
     Write = 1,
     Readv = 2,
     Writev = 3,
+    /// sendto(2), which is also send(2).
+    Sendto = 4,
+    /// recvfrom(2), which is also recv(2).
+    Recvfrom = 5,
+    Sendmsg = 6,
+    Recvmsg = 7,
 }
 
 impl Syscall {
     pub const fn direction(self) -> Direction {
         match self {
-            Self::Read | Self::Readv => Direction::Read,
-            Self::Write | Self::Writev => Direction::Write,
+            Self::Read | Self::Readv | Self::Recvfrom | Self::Recvmsg => Direction::Read,
+            Self::Write | Self::Writev | Self::Sendto | Self::Sendmsg => Direction::Write,
         }
     }
+    /// The bytes are described by an iovec array (for *msg, the one in the msghdr).
     pub const fn is_vectored(self) -> bool {
-        matches!(self, Self::Readv | Self::Writev)
+        matches!(
+            self,
+            Self::Readv | Self::Writev | Self::Sendmsg | Self::Recvmsg
+        )
+    }
+    /// The second argument is a `struct user_msghdr *`.
+    pub const fn has_msghdr(self) -> bool {
+        matches!(self, Self::Sendmsg | Self::Recvmsg)
     }
 }
 
@@ -132,6 +146,10 @@ impl TryFrom<u32> for Syscall {
             1 => Ok(Self::Write),
             2 => Ok(Self::Readv),
             3 => Ok(Self::Writev),
+            4 => Ok(Self::Sendto),
+            5 => Ok(Self::Recvfrom),
+            6 => Ok(Self::Sendmsg),
+            7 => Ok(Self::Recvmsg),
             other => Err(other),
         }
     }

@@ -14,7 +14,7 @@ use aya_log_ebpf::debug;
 use mcp_probe_common::{verdict, FdState, Stat, StreamState, Syscall, MAX_PROBES};
 
 use crate::{
-    capture,
+    capture, classify,
     fdtable::{current_file, file_info},
     maps::{Inflight, FDS, INFLIGHT, STREAMS},
     stats,
@@ -44,6 +44,44 @@ pub fn sys_enter_readv(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_writev(ctx: TracePointContext) -> u32 {
     on_enter(&ctx, Syscall::Writev)
+}
+
+#[tracepoint]
+pub fn sys_enter_sendto(ctx: TracePointContext) -> u32 {
+    on_enter(&ctx, Syscall::Sendto)
+}
+
+#[tracepoint]
+pub fn sys_enter_recvfrom(ctx: TracePointContext) -> u32 {
+    if peeking(&ctx, RECVFROM_FLAGS) {
+        return 0;
+    }
+    on_enter(&ctx, Syscall::Recvfrom)
+}
+
+#[tracepoint]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    on_enter(&ctx, Syscall::Sendmsg)
+}
+
+#[tracepoint]
+pub fn sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    if peeking(&ctx, RECVMSG_FLAGS) {
+        return 0;
+    }
+    on_enter(&ctx, Syscall::Recvmsg)
+}
+
+/// Offsets of `flags` in the recvfrom and recvmsg tracepoint records.
+const RECVFROM_FLAGS: usize = 40;
+const RECVMSG_FLAGS: usize = 32;
+const MSG_PEEK: u64 = 2;
+
+/// MSG_PEEK reads leave the bytes in the socket: the next read returns them again.
+#[inline(always)]
+fn peeking(ctx: &TracePointContext, offset: usize) -> bool {
+    // SAFETY: offset from the tracepoint format.
+    unsafe { ctx.read_at::<u64>(offset) }.is_ok_and(|flags| flags & MSG_PEEK != 0)
 }
 
 /// One program serves the exits of all four syscalls: the syscall is in `INFLIGHT`.
@@ -111,6 +149,18 @@ fn on_exit(ctx: &TracePointContext) -> u32 {
     let Ok(syscall) = Syscall::try_from(inflight.syscall) else {
         return 0;
     };
+    let mut inflight = inflight;
+    if syscall.has_msghdr() {
+        // struct user_msghdr { msg_name, msg_namelen, msg_iov @16, msg_iovlen @24, ... }
+        // SAFETY: user memory read through the helper, failure handled.
+        let Ok(iov) = (unsafe { bpf_probe_read_user((inflight.buf + 16) as *const [u64; 2]) })
+        else {
+            stats::add(Stat::FdLookupFailed, 1);
+            return 0;
+        };
+        inflight.buf = iov[0];
+        inflight.count = iov[1];
+    }
     match try_exit(ctx, pid_tgid, &inflight, syscall, ret as u64) {
         Ok(()) => 0,
         Err(_) => {
@@ -194,7 +244,7 @@ fn try_exit(
             return Ok(());
         }
         _ => {
-            if looks_like_jsonrpc(inflight, syscall, len) {
+            if classify::looks_like_mcp(inflight, syscall, len) {
                 stream.verdict = verdict::FOLLOWED;
                 stats::add(Stat::StreamsFollowed, 1);
                 debug!(
@@ -224,40 +274,4 @@ fn try_exit(
     stream.offsets[dir] = offset + len;
     capture::emit_syscall(pid_tgid, inflight, syscall, &fd_state, offset, len);
     Ok(())
-}
-
-/// First non-blank byte of the syscall's data is `{` or `[` (a JSON-RPC message or batch).
-#[inline(always)]
-fn looks_like_jsonrpc(inflight: &Inflight, syscall: Syscall, len: u64) -> bool {
-    let mut ptr = inflight.buf;
-    if syscall.is_vectored() {
-        if inflight.count == 0 {
-            return false;
-        }
-        // SAFETY: user memory read through the helper, failure handled.
-        match unsafe { bpf_probe_read_user(inflight.buf as *const u64) } {
-            Ok(base) => ptr = base,
-            Err(_) => return false,
-        }
-    }
-    // SAFETY: as above; the syscall returned > 0 bytes but may have fewer than 8, so a
-    // failed 8-byte read falls back to one byte.
-    let head: [u8; 8] = match unsafe { bpf_probe_read_user(ptr as *const [u8; 8]) } {
-        Ok(h) => h,
-        Err(_) => match unsafe { bpf_probe_read_user(ptr as *const u8) } {
-            Ok(b) => [b, 0, 0, 0, 0, 0, 0, 0],
-            Err(_) => return false,
-        },
-    };
-    for (i, b) in head.into_iter().enumerate() {
-        if i as u64 >= len {
-            return false;
-        }
-        match b {
-            b' ' | b'\t' | b'\r' | b'\n' => continue,
-            b'{' | b'[' => return true,
-            _ => return false,
-        }
-    }
-    false
 }

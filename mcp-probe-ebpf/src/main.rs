@@ -7,6 +7,7 @@
 #![no_main]
 
 mod capture;
+mod classify;
 mod fdtable;
 mod io;
 mod lifecycle;

@@ -10,15 +10,15 @@
 //! every series of one exchange carries the same labels, including the server's name,
 //! which is often learned from the handshake's response.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use mcp_probe_common::Direction;
 
 use crate::{
     identity::Processes,
     metrics::{
-        LabelCap, Metrics, NotificationLabels, OperationLabels, RequestLabels, ResponseLabels,
-        SideMetrics, TransportLabels,
+        HttpStatusLabels, LabelCap, Metrics, NotificationLabels, OperationLabels, RequestLabels,
+        ResponseLabels, ServerSideLabels, SideMetrics, TransportLabels,
     },
     protocols::jsonrpc::{Id, Message},
 };
@@ -31,6 +31,14 @@ pub struct StreamKey {
     pub ino: u64,
 }
 
+/// Who an MCP server is: a process on this host, or a remote address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ServerRef {
+    Process(u32),
+    /// `host:port` or `unix:path`.
+    Endpoint(std::sync::Arc<str>),
+}
+
 /// One message as observed by one process.
 #[derive(Clone, Copy, Debug)]
 pub struct Observation<'c> {
@@ -40,6 +48,9 @@ pub struct Observation<'c> {
     pub direction: Direction,
     pub stream: StreamKey,
     pub transport: &'static str,
+    /// For a socket connected to a server (not accepted): the server's address, used to
+    /// name the server when its process is not on this host or not known.
+    pub peer: Option<&'c ServerRef>,
     /// Kernel time (CLOCK_MONOTONIC ns) at which the message was complete.
     pub ts_ns: u64,
     /// JSON bytes of the message (its share of a batch for batch elements).
@@ -146,6 +157,12 @@ enum Finished {
         method: String,
         transport: &'static str,
     },
+    /// An HTTP response status; `side` is the process that read (client) or wrote (server) it.
+    HttpStatus {
+        side: Side,
+        status: u16,
+        transport: &'static str,
+    },
 }
 
 /// Exchanges of a server whose name is not settled yet: the handshake is still going on
@@ -172,9 +189,13 @@ pub struct Correlator {
     /// counted as late, not as unpaired.
     finished_early: HashMap<(PendingKey, Id), u64>,
     finished_early_order: VecDeque<(PendingKey, Id)>,
-    /// Stream -> tgid of the MCP server on that stream, learned from traffic.
-    server_of_stream: HashMap<StreamKey, u32>,
-    unsettled: HashMap<u32, Unsettled>,
+    /// Stream -> the MCP server on that stream, learned from traffic.
+    server_of_stream: HashMap<StreamKey, ServerRef>,
+    /// `serverInfo.name` announced by each server.
+    announced: HashMap<ServerRef, String>,
+    /// Servers whose name will not change any more (announced, or used past the handshake).
+    settled: HashSet<ServerRef>,
+    unsettled: HashMap<ServerRef, Unsettled>,
     methods: LabelCap,
     tools: LabelCap,
     prompts: LabelCap,
@@ -198,6 +219,8 @@ impl Correlator {
             finished_early: HashMap::new(),
             finished_early_order: VecDeque::new(),
             server_of_stream: HashMap::new(),
+            announced: HashMap::new(),
+            settled: HashSet::new(),
             unsettled: HashMap::new(),
         }
     }
@@ -212,7 +235,8 @@ impl Correlator {
                 // or sends a server request.
                 let server_is_observer = server_to_client == (obs.direction == Direction::Write);
                 if server_is_observer {
-                    self.server_of_stream.insert(obs.stream, obs.tgid);
+                    self.server_of_stream
+                        .insert(obs.stream, ServerRef::Process(obs.tgid));
                 }
                 let overflow = &self.metrics.agent.label_overflow;
                 let method_label = self.methods.value(&method, overflow);
@@ -247,7 +271,7 @@ impl Correlator {
                 }
                 let from_server = SERVER_NOTIFICATIONS.contains(&method.as_ref());
                 let server_is_observer = from_server == (obs.direction == Direction::Write);
-                let server = self.server_of(obs.tgid, server_is_observer, obs.stream);
+                let server = self.server_of(obs, server_is_observer, obs.stream);
                 let method = self
                     .methods
                     .value(&method, &self.metrics.agent.label_overflow);
@@ -262,13 +286,13 @@ impl Correlator {
                 if let Some(name) = info.server_name.as_deref() {
                     // Announced by the process that wrote it, i.e. the server of the stream.
                     let announcer = if obs.direction == Direction::Write {
-                        Some(obs.tgid)
+                        Some(ServerRef::Process(obs.tgid))
                     } else {
-                        self.server_of_stream.get(&obs.stream).copied()
+                        self.server_of(obs, false, obs.stream)
                     };
-                    if let Some(tgid) = announcer {
-                        self.processes.set_announced_server_name(tgid, name);
-                        self.settle(tgid);
+                    if let Some(server) = announcer {
+                        self.announced.insert(server.clone(), name.to_owned());
+                        self.settle(&server);
                     }
                 }
                 let outcome = if info.is_error {
@@ -384,11 +408,12 @@ impl Correlator {
         }
         if p.server_is_observer {
             // The process that received the request answers it on this stream.
-            self.server_of_stream.insert(obs.stream, obs.tgid);
-        } else if let Some(&server) = self.server_of_stream.get(&p.stream) {
+            self.server_of_stream
+                .insert(obs.stream, ServerRef::Process(obs.tgid));
+        } else if let Some(server) = self.server_of_stream.get(&p.stream).cloned() {
             self.server_of_stream.entry(obs.stream).or_insert(server);
         }
-        let server = self.server_of(obs.tgid, p.server_is_observer, p.stream);
+        let server = self.server_of(obs, p.server_is_observer, p.stream);
         let handshake = HANDSHAKE_METHODS.contains(&p.method.as_str());
         let ending = Ending::Response {
             outcome,
@@ -402,11 +427,45 @@ impl Correlator {
         };
         if !handshake {
             // Past the handshake: whatever name the server has now is its name.
-            if let Some(tgid) = server {
-                self.settle(tgid);
+            if let Some(server) = &server {
+                self.settle(server);
             }
         }
         self.finish(server, obs.ts_ns, finished);
+    }
+
+    /// An HTTP response head: counted per status class, auth failure and rate limiting,
+    /// under the server's settled name.
+    pub fn on_http_response(&mut self, obs: &Observation<'_>, status: u16) {
+        // The process writing the response is the server; the one reading it, the client.
+        let observer_is_server = obs.direction == Direction::Write;
+        let server = self.server_of(obs, observer_is_server, obs.stream);
+        let side = if observer_is_server {
+            Side::Server
+        } else {
+            Side::Client
+        };
+        self.finish(
+            server,
+            obs.ts_ns,
+            Finished::HttpStatus {
+                side,
+                status,
+                transport: obs.transport,
+            },
+        );
+    }
+
+    /// An HTTP error response (4xx/5xx) ended the HTTP request that carried JSON-RPC
+    /// request `id`, without a JSON-RPC response for it.
+    pub fn on_http_error(&mut self, obs: &Observation<'_>, id: Id, status: u16) {
+        let key = PendingKey {
+            tgid: obs.tgid,
+            direction: opposite(obs.direction),
+        };
+        if self.candidate(key, &id, obs.stream).is_some() {
+            self.on_response(obs, Some(id), Outcome::Http(status));
+        }
     }
 
     fn unpaired(&self, obs: &Observation<'_>) {
@@ -439,7 +498,11 @@ impl Correlator {
                 self.finished_early.remove(&k);
             }
         }
-        let server = self.server_of(key.tgid, p.server_is_observer, p.stream);
+        let server = if p.server_is_observer {
+            Some(ServerRef::Process(key.tgid))
+        } else {
+            self.server_of_stream.get(&p.stream).cloned()
+        };
         let ts = p.ts_ns;
         self.finish(
             server,
@@ -453,42 +516,88 @@ impl Correlator {
     }
 
     /// Counts `finished` now, or holds it until its server's name is settled.
-    fn finish(&mut self, server: Option<u32>, now_ns: u64, finished: Finished) {
-        if let Some(tgid) = server {
-            if !self.processes.is_settled(tgid) {
-                let entry = self.unsettled.entry(tgid).or_insert_with(|| Unsettled {
-                    since_ns: now_ns,
-                    finished: Vec::new(),
-                });
+    fn finish(&mut self, server: Option<ServerRef>, now_ns: u64, finished: Finished) {
+        if let Some(server) = &server {
+            if !self.settled.contains(server) {
+                let entry = self
+                    .unsettled
+                    .entry(server.clone())
+                    .or_insert_with(|| Unsettled {
+                        since_ns: now_ns,
+                        finished: Vec::new(),
+                    });
                 if entry.finished.len() < MAX_UNSETTLED {
                     entry.finished.push(finished);
                     return;
                 }
-                self.settle(tgid);
+                self.settle(server);
             }
         }
-        let name = match server {
-            Some(tgid) => self.processes.server_name(tgid),
-            None => "unknown".to_owned(),
-        };
-        let name = self
-            .servers
-            .value(&name, &self.metrics.agent.label_overflow);
+        let name = self.server_name(server.as_ref());
         self.record(&name, finished);
     }
 
+    /// The current name of a server, as a capped label value.
+    pub fn server_name(&mut self, server: Option<&ServerRef>) -> String {
+        let name = match server {
+            Some(s) => match self.announced.get(s) {
+                Some(n) => n.clone(),
+                None => match s {
+                    ServerRef::Process(tgid) => self.processes.server_name(*tgid),
+                    ServerRef::Endpoint(e) => e.to_string(),
+                },
+            },
+            None => "unknown".to_owned(),
+        };
+        self.servers
+            .value(&name, &self.metrics.agent.label_overflow)
+    }
+
     /// The server's name is final: count what was held for it.
-    fn settle(&mut self, tgid: u32) {
-        self.processes.set_settled(tgid);
-        if let Some(held) = self.unsettled.remove(&tgid) {
+    fn settle(&mut self, server: &ServerRef) {
+        self.settled.insert(server.clone());
+        if let Some(held) = self.unsettled.remove(server) {
             for finished in held.finished {
-                self.finish(Some(tgid), 0, finished);
+                self.finish(Some(server.clone()), 0, finished);
             }
         }
     }
 
     fn record(&self, server: &str, finished: Finished) {
         match finished {
+            Finished::HttpStatus {
+                side,
+                status,
+                transport,
+            } => {
+                let side = match side {
+                    Side::Client => "client",
+                    Side::Server => "server",
+                };
+                let http = &self.metrics.http;
+                http.responses
+                    .get_or_create(&HttpStatusLabels {
+                        mcp_server_name: server.to_owned(),
+                        side,
+                        status_class: status_class(status),
+                        network_transport: transport,
+                    })
+                    .inc();
+                let labels = ServerSideLabels {
+                    mcp_server_name: server.to_owned(),
+                    side,
+                    status,
+                };
+                match status {
+                    401 | 403 => {
+                        http.auth_failures.get_or_create(&labels).inc();
+                    }
+                    429 => {
+                        http.rate_limited.get_or_create(&labels).inc();
+                    }
+                    _ => {}
+                }
+            }
             Finished::Notification {
                 side,
                 method,
@@ -580,18 +689,25 @@ impl Correlator {
                 self.finish_early(key, id, p, Ending::Timeout);
             }
         }
-        let overdue: Vec<u32> = self
+        let overdue: Vec<ServerRef> = self
             .unsettled
             .iter()
-            .filter(|(&tgid, u)| {
+            .filter(|(server, u)| {
                 now_ns.saturating_sub(u.since_ns) > SETTLE_AFTER_NS
-                    || !self.processes.is_alive(tgid)
+                    || matches!(server, ServerRef::Process(tgid) if !self.processes.is_alive(*tgid))
             })
-            .map(|(&tgid, _)| tgid)
+            .map(|(server, _)| server.clone())
             .collect();
-        for tgid in overdue {
-            self.settle(tgid);
+        for server in overdue {
+            self.settle(&server);
         }
+        // Forget servers whose process is gone (bounded memory; a reused pid starts fresh).
+        let processes = &self.processes;
+        let alive =
+            |s: &ServerRef| !matches!(s, ServerRef::Process(tgid) if !processes.is_alive(*tgid));
+        self.settled.retain(alive);
+        self.announced.retain(|s, _| alive(s));
+        self.server_of_stream.retain(|_, s| alive(s));
         self.processes.sweep();
     }
 
@@ -600,13 +716,23 @@ impl Correlator {
         self.server_of_stream.remove(&stream);
     }
 
-    /// The tgid of the MCP server of an exchange, if known.
-    fn server_of(&self, observer: u32, server_is_observer: bool, stream: StreamKey) -> Option<u32> {
+    /// The MCP server of an exchange, if known: the observer itself, the server learned
+    /// for the stream, or the address the observer's socket is connected to.
+    fn server_of(
+        &mut self,
+        obs: &Observation<'_>,
+        server_is_observer: bool,
+        stream: StreamKey,
+    ) -> Option<ServerRef> {
         if server_is_observer {
-            Some(observer)
-        } else {
-            self.server_of_stream.get(&stream).copied()
+            return Some(ServerRef::Process(obs.tgid));
         }
+        if let Some(s) = self.server_of_stream.get(&stream) {
+            return Some(s.clone());
+        }
+        let peer = obs.peer?.clone();
+        self.server_of_stream.insert(stream, peer.clone());
+        Some(peer)
     }
 
     fn side(&self, side: Side) -> &SideMetrics {
@@ -622,6 +748,8 @@ enum Outcome {
     Ok,
     ToolError,
     Error(i64),
+    /// An HTTP error status answered the request instead of a JSON-RPC response.
+    Http(u16),
 }
 
 impl Outcome {
@@ -630,7 +758,19 @@ impl Outcome {
             Outcome::Ok => ("ok", None),
             Outcome::ToolError => ("tool_error", Some("tool_error".to_owned())),
             Outcome::Error(code) => ("error", Some(code.to_string())),
+            Outcome::Http(status) => ("error", Some(format!("http_{status}"))),
         }
+    }
+}
+
+fn status_class(status: u16) -> &'static str {
+    match status / 100 {
+        1 => "1xx",
+        2 => "2xx",
+        3 => "3xx",
+        4 => "4xx",
+        5 => "5xx",
+        _ => "other",
     }
 }
 

@@ -14,23 +14,12 @@ pub struct Processes {
 struct ProcessInfo {
     start_time: Option<u64>,
     derived_name: String,
-    announced_server_name: Option<String>,
-    /// The name will not change any more (announced, or used past the handshake).
-    settled: bool,
 }
 
 impl Processes {
-    /// The server name for `tgid`: announced if seen, else derived from /proc.
+    /// The name derived from the process's command line (or its comm).
     pub fn server_name(&mut self, tgid: u32) -> String {
-        let info = self.info(tgid, "");
-        info.announced_server_name
-            .clone()
-            .unwrap_or_else(|| info.derived_name.clone())
-    }
-
-    /// Records the `serverInfo.name` a process announced.
-    pub fn set_announced_server_name(&mut self, tgid: u32, name: &str) {
-        self.info(tgid, "").announced_server_name = Some(name.to_owned());
+        self.info(tgid, "").derived_name.clone()
     }
 
     /// Notes a process seen in traffic; its command line is read once, now, while it runs.
@@ -43,14 +32,6 @@ impl Processes {
         let known = self.by_tgid.get(&tgid).map(|i| i.start_time);
         let now = read_start_time(tgid);
         now.is_some() && known.is_none_or(|k| k == now)
-    }
-
-    pub fn is_settled(&self, tgid: u32) -> bool {
-        self.by_tgid.get(&tgid).is_some_and(|i| i.settled)
-    }
-
-    pub fn set_settled(&mut self, tgid: u32) {
-        self.info(tgid, "").settled = true;
     }
 
     fn info(&mut self, tgid: u32, comm: &str) -> &mut ProcessInfo {
@@ -66,8 +47,6 @@ impl Processes {
             ProcessInfo {
                 start_time,
                 derived_name,
-                announced_server_name: None,
-                settled: false,
             }
         })
     }

@@ -14,6 +14,7 @@ mod pipeline;
 mod protocols;
 mod reader;
 mod server;
+mod sockets;
 
 use std::{
     net::SocketAddr,

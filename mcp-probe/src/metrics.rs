@@ -320,11 +320,58 @@ impl AgentMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpStatusLabels {
+    pub mcp_server_name: String,
+    /// `client` (the process that read the response) or `server` (the one that wrote it).
+    pub side: &'static str,
+    pub status_class: &'static str,
+    pub network_transport: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerSideLabels {
+    pub mcp_server_name: String,
+    pub side: &'static str,
+    pub status: u16,
+}
+
+/// HTTP-level outcomes of MCP's HTTP transports.
+#[derive(Clone, Default)]
+pub struct HttpMetrics {
+    pub responses: Family<HttpStatusLabels, Counter>,
+    pub auth_failures: Family<ServerSideLabels, Counter>,
+    pub rate_limited: Family<ServerSideLabels, Counter>,
+}
+
+impl HttpMetrics {
+    fn register(r: &mut Registry) -> Self {
+        let m = Self::default();
+        r.register(
+            "mcp_http_responses",
+            "HTTP responses of MCP's HTTP transports, by status class, once per side that saw them",
+            m.responses.clone(),
+        );
+        r.register(
+            "mcp_auth_failures",
+            "HTTP 401 and 403 responses of MCP servers",
+            m.auth_failures.clone(),
+        );
+        r.register(
+            "mcp_rate_limited",
+            "HTTP 429 responses of MCP servers",
+            m.rate_limited.clone(),
+        );
+        m
+    }
+}
+
 /// Everything exported.
 #[derive(Clone)]
 pub struct Metrics {
     pub client: SideMetrics,
     pub server: SideMetrics,
+    pub http: HttpMetrics,
     pub agent: AgentMetrics,
 }
 
@@ -333,6 +380,7 @@ impl Metrics {
         Self {
             client: SideMetrics::register(registry, "client", "sender"),
             server: SideMetrics::register(registry, "server", "receiver"),
+            http: HttpMetrics::register(registry),
             agent: AgentMetrics::register(registry),
         }
     }

@@ -1,22 +1,24 @@
-//! From decoded records to messages: per-stream-direction reassembly, framing, JSON-RPC
-//! parsing, then the correlator.
+//! From decoded records to messages: per-stream-direction reassembly, framing (JSON lines
+//! or HTTP/1.x with JSON and SSE bodies), JSON-RPC parsing, then the correlator.
 //!
 //! A *view* is one direction of one stream (stream id + read/write): the bytes one side
 //! wrote, or the bytes the other side read. Each view has its own framer, and checks the
 //! kernel's stream offsets so that a loss is noticed and the framer resynchronises.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use mcp_probe_common::{Direction, EventKind, StreamKind};
 
 use crate::{
-    correlate::{Correlator, Observation, StreamKey},
+    correlate::{Correlator, Observation, ServerRef, StreamKey},
     decode::{decode, Record},
     metrics::{AgentMetrics, ReasonLabels},
     protocols::{
+        http::{starts_http, HttpEvent, HttpFramer},
         jsonl::{Frame, LineFramer},
-        jsonrpc::{self, Parsed},
+        jsonrpc::{self, Id, Message, Parsed},
     },
+    sockets,
 };
 
 /// Tells the kernel to stop following a stream (it carries JSON but not JSON-RPC).
@@ -28,26 +30,55 @@ pub trait StreamControl {
 const NON_JSONRPC_LINES_BEFORE_IGNORE: u64 = 8;
 /// A view with no traffic for this long is forgotten (its partial line dropped).
 const IDLE_VIEW_NS: u64 = 30 * 60 * 1_000_000_000;
+/// HTTP requests remembered per connection while their responses are awaited.
+const MAX_HTTP_IN_FLIGHT: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub max_message_bytes: usize,
 }
 
+enum Framing {
+    Lines(LineFramer),
+    Http(HttpFramer),
+}
+
+impl Framing {
+    fn buffered_bytes(&self) -> usize {
+        match self {
+            Framing::Lines(f) => f.buffered_bytes(),
+            Framing::Http(f) => f.buffered_bytes(),
+        }
+    }
+}
+
 struct View {
-    framer: LineFramer,
+    framing: Framing,
     next_offset: u64,
     transport: &'static str,
+    peer: Option<ServerRef>,
     last_ts_ns: u64,
     /// Lines that were not JSON-RPC before the stream carried any.
     other_lines: u64,
     jsonrpc_lines: u64,
     counted_resync: u64,
+    /// HTTP: the head being handled is a request (else a response).
+    in_request: bool,
+    /// HTTP: status and JSON-RPC request ids of the response being handled.
+    response: Option<(u16, Vec<Id>)>,
+}
+
+/// JSON-RPC requests carried by one HTTP request, waiting for its HTTP response.
+#[derive(Default)]
+struct HttpTxn {
+    request_ids: Vec<Id>,
 }
 
 pub struct Pipeline<C: StreamControl> {
     config: PipelineConfig,
     views: HashMap<(StreamKey, Direction), View>,
+    /// Per socket: HTTP requests whose responses have not started yet (FIFO: pipelining).
+    http_in_flight: HashMap<StreamKey, VecDeque<HttpTxn>>,
     pub correlator: Correlator,
     metrics: AgentMetrics,
     control: C,
@@ -63,6 +94,7 @@ impl<C: StreamControl> Pipeline<C> {
         Self {
             config,
             views: HashMap::new(),
+            http_in_flight: HashMap::new(),
             correlator,
             metrics,
             control,
@@ -85,27 +117,6 @@ impl<C: StreamControl> Pipeline<C> {
 
     pub fn on_record(&mut self, r: &Record<'_>) {
         self.metrics.captured_bytes.inc_by(r.payload.len() as u64);
-        let stream = StreamKey {
-            addr: r.stream_id,
-            ino: r.ino,
-        };
-        let key = (stream, r.direction());
-        let max = self.config.max_message_bytes;
-        let view = self.views.entry(key).or_insert_with(|| View {
-            framer: LineFramer::new_mid_stream(max, r.payload),
-            next_offset: r.stream_offset,
-            transport: transport(r.stream_kind),
-            last_ts_ns: r.ts_ns,
-            other_lines: 0,
-            jsonrpc_lines: 0,
-            counted_resync: 0,
-        });
-        view.last_ts_ns = r.ts_ns;
-        if r.stream_offset != view.next_offset {
-            // Bytes in between never arrived (ring buffer full, or a read failure): both
-            // are counted by the kernel. Drop the partial line and find the next boundary.
-            view.framer.lost();
-        }
         tracing::trace!(
             tgid = r.tgid,
             tid = r.tid,
@@ -117,60 +128,127 @@ impl<C: StreamControl> Pipeline<C> {
             captured = r.payload.len(),
             "record"
         );
+        let stream = StreamKey {
+            addr: r.stream_id,
+            ino: r.ino,
+        };
+        let key = (stream, r.direction());
+        let max = self.config.max_message_bytes;
+        let view = self.views.entry(key).or_insert_with(|| {
+            let (transport, peer) = match r.stream_kind {
+                StreamKind::Pipe => ("pipe", None),
+                StreamKind::Socket => {
+                    let info = sockets::lookup(r.tgid, r.ino);
+                    (info.transport, info.peer)
+                }
+            };
+            let framing = if starts_http(r.payload) {
+                Framing::Http(HttpFramer::new(max))
+            } else {
+                Framing::Lines(LineFramer::new_mid_stream(max, r.payload))
+            };
+            View {
+                framing,
+                next_offset: r.stream_offset,
+                transport,
+                peer,
+                last_ts_ns: r.ts_ns,
+                other_lines: 0,
+                jsonrpc_lines: 0,
+                counted_resync: 0,
+                in_request: false,
+                response: None,
+            }
+        });
+        view.last_ts_ns = r.ts_ns;
+        if r.stream_offset != view.next_offset {
+            // Bytes in between never arrived (ring buffer full, or a read failure): both
+            // are counted by the kernel. Drop the partial message and find the next boundary.
+            match &mut view.framing {
+                Framing::Lines(f) => f.lost(),
+                Framing::Http(f) => f.lost(),
+            }
+        }
         let comm = r.comm();
-        let obs_base = Observation {
+        let peer = view.peer.clone();
+        let obs = Observation {
             tgid: r.tgid,
             comm: &comm,
             direction: r.direction(),
             stream,
             transport: view.transport,
+            peer: peer.as_ref(),
             ts_ns: r.ts_ns,
             size: 0,
         };
-        match r.kind {
-            EventKind::Gap => {
-                view.framer.hole(u64::from(r.gap_len));
-                view.next_offset = r.stream_offset + u64::from(r.gap_len);
+        let mut http_events = Vec::new();
+        match (r.kind, &mut view.framing) {
+            (EventKind::Gap, Framing::Lines(f)) => {
+                f.hole(u64::from(r.gap_len));
             }
-            EventKind::Data => {
+            (EventKind::Gap, Framing::Http(f)) => f.lost(),
+            (EventKind::Data, Framing::Lines(f)) => {
                 let correlator = &mut self.correlator;
                 let metrics = &self.metrics;
                 let (mut other_lines, mut jsonrpc_lines) = (0u64, view.jsonrpc_lines);
-                view.framer.push(r.payload, r.ts_ns, &mut |frame| {
-                    match handle_frame(frame, &obs_base, correlator, metrics) {
-                        Ok(n) => jsonrpc_lines += n,
-                        // Its length says nothing about whether the stream is JSON-RPC.
-                        Err(reason @ "oversized") => {
+                f.push(r.payload, r.ts_ns, &mut |frame| {
+                    let result = match frame {
+                        Frame::Oversized { len, .. } => {
+                            metrics.oversized_messages.inc();
+                            metrics.oversized_message_size.observe(len as f64);
+                            // Its length says nothing about whether the stream is JSON-RPC.
                             metrics
                                 .parse_errors
-                                .get_or_create(&ReasonLabels { reason })
+                                .get_or_create(&ReasonLabels {
+                                    reason: "oversized",
+                                })
                                 .inc();
+                            return;
                         }
-                        // On a stream that has carried JSON-RPC this is a broken message;
-                        // before that it is most likely some other program's JSON output.
-                        Err(reason) if jsonrpc_lines > 0 => {
-                            metrics
-                                .parse_errors
-                                .get_or_create(&ReasonLabels { reason })
-                                .inc();
-                        }
-                        Err(_) => {
-                            other_lines += 1;
-                            metrics.unconfirmed_lines.inc();
-                        }
-                    }
+                        Frame::Message { bytes, last_ts, .. } => handle_text(
+                            bytes,
+                            &Observation {
+                                ts_ns: last_ts,
+                                ..obs
+                            },
+                            correlator,
+                            metrics,
+                        ),
+                    };
+                    count_text(
+                        result.map(|_| 1),
+                        &mut jsonrpc_lines,
+                        &mut other_lines,
+                        metrics,
+                    );
                 });
                 view.other_lines += other_lines;
                 view.jsonrpc_lines = jsonrpc_lines;
-                view.next_offset = r.stream_offset + r.payload.len() as u64;
+            }
+            (EventKind::Data, Framing::Http(f)) => {
+                f.push(r.payload, &mut |e| {
+                    http_events.push(OwnedHttpEvent::from(e))
+                });
             }
         }
-        let discarded = view.framer.counters.resync_discarded_bytes;
-        self.metrics
-            .resync_discarded_bytes
-            .inc_by(discarded - view.counted_resync);
-        view.counted_resync = discarded;
-
+        for event in http_events {
+            self.on_http_event(key, &obs, event);
+        }
+        let Some(view) = self.views.get_mut(&key) else {
+            return;
+        };
+        view.next_offset = r.stream_offset
+            + match r.kind {
+                EventKind::Gap => u64::from(r.gap_len),
+                EventKind::Data => r.payload.len() as u64,
+            };
+        if let Framing::Lines(f) = &view.framing {
+            let discarded = f.counters.resync_discarded_bytes;
+            self.metrics
+                .resync_discarded_bytes
+                .inc_by(discarded - view.counted_resync);
+            view.counted_resync = discarded;
+        }
         if view.jsonrpc_lines == 0 && view.other_lines >= NON_JSONRPC_LINES_BEFORE_IGNORE {
             self.control.ignore_stream(r.stream_id);
             self.metrics
@@ -181,9 +259,93 @@ impl<C: StreamControl> Pipeline<C> {
                 .inc();
             self.views.remove(&(stream, Direction::Read));
             self.views.remove(&(stream, Direction::Write));
+            self.http_in_flight.remove(&stream);
             self.correlator.forget_stream(stream);
         }
         self.metrics.tracked_streams.set(self.views.len() as i64);
+    }
+
+    fn on_http_event(
+        &mut self,
+        key: (StreamKey, Direction),
+        obs: &Observation<'_>,
+        event: OwnedHttpEvent,
+    ) {
+        let Some(view) = self.views.get_mut(&key) else {
+            return;
+        };
+        let stream = key.0;
+        match event {
+            OwnedHttpEvent::Head {
+                is_request: true, ..
+            } => {
+                view.in_request = true;
+                let queue = self.http_in_flight.entry(stream).or_default();
+                if queue.len() >= MAX_HTTP_IN_FLIGHT {
+                    queue.pop_front();
+                }
+                queue.push_back(HttpTxn::default());
+            }
+            OwnedHttpEvent::Head {
+                is_request: false,
+                status,
+            } => {
+                view.in_request = false;
+                let txn = self
+                    .http_in_flight
+                    .get_mut(&stream)
+                    .and_then(VecDeque::pop_front)
+                    .unwrap_or_default();
+                view.response = Some((status, txn.request_ids));
+                self.correlator.on_http_response(obs, status);
+            }
+            OwnedHttpEvent::Message { bytes, endpoint } => {
+                if endpoint || bytes.iter().all(u8::is_ascii_whitespace) {
+                    return; // legacy `endpoint` event, or an empty priming event
+                }
+                let obs = Observation { ..*obs };
+                let result = handle_text(&bytes, &obs, &mut self.correlator, &self.metrics);
+                if let (Ok(ids), true) = (&result, view.in_request) {
+                    if let Some(txn) = self
+                        .http_in_flight
+                        .get_mut(&stream)
+                        .and_then(VecDeque::back_mut)
+                    {
+                        txn.request_ids.extend(ids.iter().cloned());
+                    }
+                }
+                count_text(
+                    result.map(|ids| ids.len().max(1) as u64),
+                    &mut view.jsonrpc_lines,
+                    &mut view.other_lines,
+                    &self.metrics,
+                );
+            }
+            OwnedHttpEvent::Unparsable(reason) => {
+                self.metrics
+                    .parse_errors
+                    .get_or_create(&ReasonLabels { reason })
+                    .inc();
+            }
+            OwnedHttpEvent::End => {
+                if let Some((status, ids)) = view.response.take() {
+                    if status >= 400 {
+                        // Requests this HTTP error answered without a JSON-RPC response.
+                        for id in ids {
+                            self.correlator.on_http_error(obs, id, status);
+                        }
+                    }
+                }
+            }
+            OwnedHttpEvent::Invalid => {
+                count_text(
+                    Err("invalid_http"),
+                    &mut view.jsonrpc_lines,
+                    &mut view.other_lines,
+                    &self.metrics,
+                );
+            }
+        }
     }
 
     /// Periodic work: timeouts and idle views. `now_ns` is CLOCK_MONOTONIC.
@@ -191,39 +353,89 @@ impl<C: StreamControl> Pipeline<C> {
         self.correlator.sweep(now_ns);
         self.views
             .retain(|_, v| now_ns.saturating_sub(v.last_ts_ns) < IDLE_VIEW_NS);
+        let views = &self.views;
+        self.http_in_flight.retain(|stream, _| {
+            views.contains_key(&(*stream, Direction::Read))
+                || views.contains_key(&(*stream, Direction::Write))
+        });
         self.metrics.tracked_streams.set(self.views.len() as i64);
-        let buffered: usize = self.views.values().map(|v| v.framer.buffered_bytes()).sum();
+        let buffered: usize = self
+            .views
+            .values()
+            .map(|v| v.framing.buffered_bytes())
+            .sum();
         self.metrics.buffered_bytes.set(buffered as i64);
     }
 }
 
-/// Handles one framed line; returns how many JSON-RPC messages it held, or why it was
-/// not JSON-RPC.
-fn handle_frame(
-    frame: Frame<'_>,
-    obs_base: &Observation<'_>,
+/// An `HttpEvent` that owns its bytes, so it can outlive the framer's borrow.
+enum OwnedHttpEvent {
+    Head { is_request: bool, status: u16 },
+    Message { bytes: Vec<u8>, endpoint: bool },
+    Unparsable(&'static str),
+    End,
+    Invalid,
+}
+
+impl From<HttpEvent<'_>> for OwnedHttpEvent {
+    fn from(e: HttpEvent<'_>) -> Self {
+        match e {
+            HttpEvent::Head(h) => OwnedHttpEvent::Head {
+                is_request: h.request.is_some(),
+                status: h.status,
+            },
+            HttpEvent::Message { bytes, sse_event } => OwnedHttpEvent::Message {
+                bytes: bytes.to_vec(),
+                endpoint: sse_event == Some("endpoint"),
+            },
+            HttpEvent::Unparsable { reason } => OwnedHttpEvent::Unparsable(reason),
+            HttpEvent::End => OwnedHttpEvent::End,
+            HttpEvent::Invalid => OwnedHttpEvent::Invalid,
+        }
+    }
+}
+
+/// Counts a text's outcome against its stream: JSON-RPC found, a broken message on a
+/// stream that has carried JSON-RPC, or (before that) most likely another program's JSON.
+fn count_text(
+    result: Result<u64, &'static str>,
+    jsonrpc: &mut u64,
+    other: &mut u64,
+    metrics: &AgentMetrics,
+) {
+    match result {
+        Ok(n) => *jsonrpc += n,
+        Err(reason) if *jsonrpc > 0 => {
+            metrics
+                .parse_errors
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+        }
+        Err(_) => {
+            *other += 1;
+            metrics.unconfirmed_lines.inc();
+        }
+    }
+}
+
+/// Parses one JSON-RPC text (a line, a JSON body, an SSE event) and hands its messages to
+/// the correlator. Returns the ids of the requests in it, or why it was not JSON-RPC.
+fn handle_text(
+    bytes: &[u8],
+    obs: &Observation<'_>,
     correlator: &mut Correlator,
     metrics: &AgentMetrics,
-) -> Result<u64, &'static str> {
-    let (bytes, last_ts) = match frame {
-        Frame::Oversized { len, .. } => {
-            metrics.oversized_messages.inc();
-            metrics.oversized_message_size.observe(len as f64);
-            return Err("oversized");
+) -> Result<Vec<Id>, &'static str> {
+    let mut ids = Vec::new();
+    let mut deliver = |msg: Message<'_>, size: u64| {
+        metrics.messages.inc();
+        if let Message::Request { id, .. } = &msg {
+            ids.push(id.clone());
         }
-        Frame::Message { bytes, last_ts, .. } => (bytes, last_ts),
+        correlator.on_message(&Observation { size, ..*obs }, msg);
     };
     match jsonrpc::parse(bytes).map_err(|e| e.reason())? {
-        Parsed::Single(msg) => {
-            metrics.messages.inc();
-            let obs = Observation {
-                ts_ns: last_ts,
-                size: bytes.len() as u64,
-                ..*obs_base
-            };
-            correlator.on_message(&obs, msg);
-            Ok(1)
-        }
+        Parsed::Single(msg) => deliver(msg, bytes.len() as u64),
         Parsed::Batch(items) => {
             // Sizes of batch elements are their share of the line.
             let share = bytes.len() as u64 / items.len().max(1) as u64;
@@ -232,13 +444,7 @@ fn handle_frame(
                 match item {
                     Ok(msg) => {
                         parsed += 1;
-                        metrics.messages.inc();
-                        let obs = Observation {
-                            ts_ns: last_ts,
-                            size: share,
-                            ..*obs_base
-                        };
-                        correlator.on_message(&obs, msg);
+                        deliver(msg, share);
                     }
                     Err(e) => {
                         metrics
@@ -249,21 +455,11 @@ fn handle_frame(
                 }
             }
             if parsed == 0 {
-                Err("not_jsonrpc")
-            } else {
-                Ok(parsed)
+                return Err("not_jsonrpc");
             }
         }
     }
-}
-
-fn transport(kind: StreamKind) -> &'static str {
-    match kind {
-        StreamKind::Pipe => "pipe",
-        // Until socket families are decoded (issue P2), newline-delimited JSON-RPC on a
-        // socket is stdio over a socketpair (how Node.js spawns children) or a unix socket.
-        StreamKind::Socket => "unix",
-    }
+    Ok(ids)
 }
 
 #[cfg(test)]

@@ -55,12 +55,18 @@ import mcp.types as types  # noqa: E402  (py2: re-export of mcp_types)
 from pydantic import BaseModel  # noqa: E402
 
 if SDK_MAJOR >= 2:
+    import httpx2 as hx
     from mcp import Client
+    from mcp.client.sse import sse_client
     from mcp.client.stdio import StdioServerParameters, stdio_client
+    from mcp.client.streamable_http import streamable_http_client
     from mcp.shared.exceptions import MCPError as SdkError
 else:
+    import httpx as hx
     from mcp import ClientSession
+    from mcp.client.sse import sse_client
     from mcp.client.stdio import StdioServerParameters, stdio_client
+    from mcp.client.streamable_http import streamable_http_client
     from mcp.shared.exceptions import McpError as SdkError
 
 OUTCOMES = ("ok", "error", "tool_error", "cancelled", "timeout")
@@ -107,8 +113,10 @@ class Wire:
 
     def on_send(self, m: Any) -> None:
         d = _as_dict(m)
-        if d is None:
-            return
+        if d is not None:
+            self.on_send_dict(d)
+
+    def on_send_dict(self, d: dict[str, Any]) -> None:
         if "method" in d and "id" in d:
             self.sent["requests"][d["method"]] += 1
             self.out_ids[d["id"]] = d["method"]
@@ -123,8 +131,10 @@ class Wire:
         if isinstance(m, Exception):
             return
         d = _as_dict(m)
-        if d is None:
-            return
+        if d is not None:
+            self.on_recv_dict(d)
+
+    def on_recv_dict(self, d: dict[str, Any]) -> None:
         if "method" in d and "id" in d:
             self.received["requests"][d["method"]] += 1
             self.in_ids[d["id"]] = d["method"]
@@ -219,6 +229,240 @@ class CountingTransport:
 
     async def __aexit__(self, *exc: Any) -> Any:
         return await self._cm.__aexit__(*exc)
+
+
+# --------------------------------------------------------------------------
+# HTTP: count at the HTTP layer (a wrapping httpx transport that parses the
+# real request bodies and response bodies / SSE events). Stream-level
+# counting would be wrong over HTTP: the SDK transports synthesize JSON-RPC
+# errors for HTTP failures (401/429/404 -> -32603/-32601/-32600 that never
+# were on the wire), and the py2 transport swallows notifications/cancelled
+# at protocol 2026-07-28 (it aborts the POST instead).
+# --------------------------------------------------------------------------
+
+
+def _msgs(obj: Any) -> list[dict[str, Any]]:
+    if isinstance(obj, list):
+        return [m for m in obj if isinstance(m, dict)]
+    return [obj] if isinstance(obj, dict) else []
+
+
+def _brief(d: dict[str, Any]) -> str:
+    if "method" in d and "id" in d:
+        return f"req {d['method']} id={d['id']}"
+    if "method" in d:
+        return f"notif {d['method']}"
+    if "error" in d:
+        return f"resp id={d.get('id')} error {d['error'].get('code')}"
+    r = d.get("result")
+    return f"resp id={d.get('id')} " + ("tool_error" if isinstance(r, dict) and r.get("isError") else "ok")
+
+
+class _SseParser:
+    def __init__(self) -> None:
+        self.buf = b""
+        self.event = ""
+        self.data: list[str] = []
+        self.events: list[tuple[str, str]] = []  # (event, data) incl. non-message events
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str]]:
+        out = []
+        self.buf += chunk
+        while True:
+            i = self.buf.find(b"\n")
+            if i < 0:
+                break
+            line, self.buf = self.buf[:i].rstrip(b"\r").decode("utf-8", "replace"), self.buf[i + 1 :]
+            if line == "":
+                if self.data:
+                    ev = (self.event or "message", "\n".join(self.data))
+                    out.append(ev)
+                    self.events.append(ev)
+                self.event, self.data = "", []
+            elif line.startswith(":"):
+                continue
+            else:
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "event":
+                    self.event = value
+                elif field == "data":
+                    self.data.append(value)
+        return out
+
+
+class HttpLog:
+    """Every HTTP exchange the client made, plus JSON-RPC counting into `wire`."""
+
+    MAX_EXCHANGES = 400
+
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
+        self.exchanges: list[dict[str, Any]] = []
+        self.count = 0
+        self.by_status: dict[str, int] = defaultdict(int)
+        self.t0 = time.monotonic()
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests": self.count,
+            "by_status": dict(sorted(self.by_status.items())),
+            "exchanges": self.exchanges,
+        }
+
+
+class _TapStream(hx.AsyncByteStream):
+    def __init__(self, inner: Any, log_: HttpLog, ex: dict[str, Any], kind: str, encoding: str) -> None:
+        self.inner, self.log, self.ex, self.kind = inner, log_, ex, kind
+        self.body = b""
+        self.sse = _SseParser()
+        self.dec = None
+        if encoding in ("gzip", "deflate"):
+            import zlib
+
+            self.dec = zlib.decompressobj(16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS)
+        self.done = False
+
+    def _recv(self, d: dict[str, Any]) -> None:
+        self.log.wire.on_recv_dict(d)
+        self.ex["received"].append(_brief(d))
+
+    async def __aiter__(self) -> Any:
+        try:
+            async for chunk in self.inner:
+                self.ex["body_bytes"] += len(chunk)
+                data = self.dec.decompress(chunk) if self.dec else chunk
+                if self.kind == "sse":
+                    for event, payload in self.sse.feed(data):
+                        if event != "message":
+                            self.ex["received"].append(f"sse-event {event}")
+                            continue
+                        try:
+                            for d in _msgs(json.loads(payload)):
+                                self._recv(d)
+                        except ValueError:
+                            self.ex["received"].append("sse-unparsed")
+                else:
+                    self.body += data
+                yield chunk
+            self._finish()
+        finally:
+            self.ex.setdefault("ended", "eof" if self.done else "aborted")
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        if self.kind == "json" and self.body:
+            try:
+                for d in _msgs(json.loads(self.body)):
+                    self._recv(d)
+            except ValueError:
+                self.ex["received"].append("json-unparsed")
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class TapTransport(hx.AsyncBaseTransport):
+    def __init__(self, inner: Any, log_: HttpLog) -> None:
+        self.inner, self.log = inner, log_
+
+    async def handle_async_request(self, request: Any) -> Any:
+        try:
+            body = request.content
+        except Exception:  # streaming body
+            body = await request.aread()
+        ex: dict[str, Any] = {
+            "t": round(time.monotonic() - self.log.t0, 3),
+            "method": request.method,
+            "path": request.url.raw_path.decode(),
+            "req_session_id": "mcp-session-id" in request.headers,
+            "req_protocol_version": request.headers.get("mcp-protocol-version"),
+            "sent": [],
+            "received": [],
+            "body_bytes": 0,
+        }
+        if body:
+            try:
+                for d in _msgs(json.loads(body)):
+                    self.log.wire.on_send_dict(d)
+                    ex["sent"].append(_brief(d))
+            except ValueError:
+                ex["sent"].append(f"unparsed {len(body)} bytes")
+        self.log.count += 1
+        if len(self.log.exchanges) < HttpLog.MAX_EXCHANGES:
+            self.log.exchanges.append(ex)
+        try:
+            resp = await self.inner.handle_async_request(request)
+        except Exception as e:
+            ex["status"] = None
+            ex["exception"] = f"{type(e).__name__}: {e}"
+            self.log.by_status["exception"] += 1
+            raise
+        h = resp.headers
+        ctype = h.get("content-type", "")
+        ex["status"] = resp.status_code
+        ex["content_type"] = ctype.split(";")[0] or None
+        ex["chunked"] = "chunked" in h.get("transfer-encoding", "").lower()
+        ex["content_length"] = int(h["content-length"]) if "content-length" in h else None
+        ex["content_encoding"] = h.get("content-encoding")
+        ex["resp_session_id"] = "mcp-session-id" in h
+        for k in ("www-authenticate", "retry-after"):
+            if k in h:
+                ex[k] = h[k]
+        self.log.by_status[str(resp.status_code)] += 1
+        kind = "sse" if ctype.startswith("text/event-stream") else "json" if ctype.startswith("application/json") else "other"
+        stream = _TapStream(resp.stream, self.log, ex, kind, h.get("content-encoding", "").lower())
+        return hx.Response(status_code=resp.status_code, headers=resp.headers, stream=stream,
+                           extensions=resp.extensions)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+def make_http_client(a: argparse.Namespace, log_: HttpLog, headers: dict[str, str] | None = None,
+                     timeout: Any = None, auth: Any = None) -> Any:
+    inner = hx.AsyncHTTPTransport(uds=a.unix) if a.unix else hx.AsyncHTTPTransport()
+    merged = dict(a.headers)
+    merged.update(headers or {})
+    return hx.AsyncClient(
+        transport=TapTransport(inner, log_),
+        headers=merged,
+        timeout=timeout if timeout is not None else hx.Timeout(30.0, read=300.0),
+        auth=auth,
+    )
+
+
+class HttpTransport:
+    """Async context manager yielding (read, write) of the SDK's HTTP client
+    transport (streamable-http or legacy sse), on our tapped httpx client."""
+
+    def __init__(self, a: argparse.Namespace, log_: HttpLog) -> None:
+        self.a, self.log = a, log_
+        self._stack: Any = None
+
+    async def __aenter__(self) -> tuple[Any, Any]:
+        from contextlib import AsyncExitStack
+
+        self._stack = AsyncExitStack()
+        await self._stack.__aenter__()
+        try:
+            if self.a.transport == "sse":
+                def factory(headers: Any = None, timeout: Any = None, auth: Any = None) -> Any:
+                    return make_http_client(self.a, self.log, headers, timeout, auth)
+
+                streams = await self._stack.enter_async_context(sse_client(self.a.url, httpx_client_factory=factory))
+            else:
+                client = await self._stack.enter_async_context(make_http_client(self.a, self.log))
+                streams = await self._stack.enter_async_context(streamable_http_client(self.a.url, http_client=client))
+        except BaseException:
+            await self._stack.__aexit__(*sys.exc_info())
+            raise
+        return streams[0], streams[1]  # py1 streamable_http_client yields a 3-tuple
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._stack.__aexit__(*exc)
 
 
 # --------------------------------------------------------------------------

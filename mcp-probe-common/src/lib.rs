@@ -47,6 +47,10 @@ pub enum EventKind {
     Data = 1,
     /// Bytes of a followed stream that were not captured (truncation); header only.
     Gap = 2,
+    /// A process closed its descriptor of a followed socket; header only.
+    Close = 3,
+    /// A syscall on a followed socket failed with a connection error; `detail` is errno.
+    Error = 4,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -55,6 +59,8 @@ impl TryFrom<u32> for EventKind {
         match v {
             1 => Ok(Self::Data),
             2 => Ok(Self::Gap),
+            3 => Ok(Self::Close),
+            4 => Ok(Self::Error),
             other => Err(other),
         }
     }
@@ -185,8 +191,8 @@ pub struct EventHeader {
     pub syscall_offset: u64,
     /// Payload bytes following the header (for `Gap`: 0).
     pub captured_len: u32,
-    /// For `Gap`: bytes missing starting at `stream_offset`. Otherwise 0.
-    pub gap_len: u32,
+    /// `Gap`: bytes missing starting at `stream_offset`; `Error`: the errno. Otherwise 0.
+    pub detail: u32,
 }
 
 pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
@@ -239,6 +245,25 @@ impl Stat {
         Stat::StreamsIgnored,
         Stat::InflightInsertFailed,
         Stat::TruncatedSyscalls,
+    ];
+}
+
+/// Errno values of failed socket syscalls that are reported as connection errors (others,
+/// such as EAGAIN on non-blocking sockets, are normal operation).
+pub mod errno {
+    pub const EPIPE: u32 = 32;
+    pub const ENETUNREACH: u32 = 101;
+    pub const ECONNABORTED: u32 = 103;
+    pub const ECONNRESET: u32 = 104;
+    pub const ETIMEDOUT: u32 = 110;
+    pub const EHOSTUNREACH: u32 = 113;
+    pub const CONNECTION_ERRORS: [u32; 6] = [
+        EPIPE,
+        ENETUNREACH,
+        ECONNABORTED,
+        ECONNRESET,
+        ETIMEDOUT,
+        EHOSTUNREACH,
     ];
 }
 

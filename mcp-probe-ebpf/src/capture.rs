@@ -97,7 +97,7 @@ pub fn emit_syscall(
         syscall_len: len,
         syscall_offset: 0,
         captured_len: 0,
-        gap_len: 0,
+        detail: 0,
     };
     // SAFETY: valid per-CPU map value; nothing else runs on this CPU meanwhile.
     unsafe {
@@ -190,6 +190,42 @@ pub fn emit_syscall(
     }
 }
 
+/// A header-only record about a followed stream (`Close`, `Error`).
+#[inline(always)]
+pub fn emit_notice(
+    pid_tgid: u64,
+    fd: u32,
+    syscall: Syscall,
+    state: &FdState,
+    kind: EventKind,
+    detail: u32,
+) {
+    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
+        stats::add(Stat::RingbufFullRecords, 1);
+        return;
+    };
+    entry.write(EventHeader {
+        kind: kind as u32,
+        syscall: syscall as u32,
+        // SAFETY: helper without preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        stream_id: state.stream_id,
+        ino: state.ino,
+        stream_kind: state.kind,
+        fd,
+        stream_offset: 0,
+        syscall_len: 0,
+        syscall_offset: 0,
+        captured_len: 0,
+        detail,
+    });
+    entry.submit(wakeup_flags(EVENT_HEADER_LEN as u64));
+    stats::add(Stat::RecordsSubmitted, 1);
+}
+
 #[inline(always)]
 fn wakeup_flags(record_bytes: u64) -> u64 {
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
@@ -213,7 +249,7 @@ fn emit_gap(s: *mut CaptureState, stream_offset: u64, syscall_offset: u64, gap: 
                 (*h).stream_offset = stream_offset;
                 (*h).syscall_offset = syscall_offset;
                 (*h).captured_len = 0;
-                (*h).gap_len = if gap > u32::MAX as u64 {
+                (*h).detail = if gap > u32::MAX as u64 {
                     u32::MAX
                 } else {
                     gap as u32
@@ -237,7 +273,7 @@ fn emit_chunk(s: *mut CaptureState, stream_offset: u64, syscall_offset: u64, ptr
         (*h).stream_offset = stream_offset;
         (*h).syscall_offset = syscall_offset;
         (*h).captured_len = n as u32;
-        (*h).gap_len = 0;
+        (*h).detail = 0;
     }
     // SAFETY: valid per-CPU map value.
     let header = unsafe { core::ptr::addr_of!((*s).header) };

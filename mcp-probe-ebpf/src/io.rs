@@ -11,7 +11,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
-use mcp_probe_common::{verdict, FdState, Stat, StreamState, Syscall, MAX_PROBES};
+use mcp_probe_common::{
+    errno, verdict, EventKind, FdState, Stat, StreamKind, StreamState, Syscall, MAX_PROBES,
+};
 
 use crate::{
     capture, classify,
@@ -90,6 +92,30 @@ pub fn sys_exit_rw(ctx: TracePointContext) -> u32 {
     on_exit(&ctx)
 }
 
+/// Sends a header-only record (close, connection error) if `fd` is a followed socket.
+#[inline(always)]
+pub fn report_on_followed_socket(
+    pid_tgid: u64,
+    fd: u32,
+    syscall: Syscall,
+    kind: EventKind,
+    detail: u32,
+) {
+    // SAFETY: copied out at once.
+    let Some(state) = (unsafe { FDS.get(fd_key(pid_tgid >> 32, fd)) }).copied() else {
+        return;
+    };
+    if state.verdict == verdict::IGNORED || state.kind != StreamKind::Socket as u32 {
+        return;
+    }
+    // SAFETY: as above.
+    let followed = unsafe { STREAMS.get(state.stream_id) }
+        .is_some_and(|s| s.verdict == verdict::FOLLOWED && s.ino == state.ino);
+    if followed {
+        capture::emit_notice(pid_tgid, fd, syscall, &state, kind, detail);
+    }
+}
+
 #[inline(always)]
 pub fn fd_key(tgid: u64, fd: u32) -> u64 {
     (tgid << 32) | fd as u64
@@ -143,12 +169,19 @@ fn on_exit(ctx: &TracePointContext) -> u32 {
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
         return 0;
     };
-    if ret <= 0 {
-        return 0;
-    }
     let Ok(syscall) = Syscall::try_from(inflight.syscall) else {
         return 0;
     };
+    if ret < 0 {
+        let errno = (-ret) as u32;
+        if errno::CONNECTION_ERRORS.contains(&errno) {
+            report_on_followed_socket(pid_tgid, inflight.fd, syscall, EventKind::Error, errno);
+        }
+        return 0;
+    }
+    if ret == 0 {
+        return 0;
+    }
     let mut inflight = inflight;
     if syscall.has_msghdr() {
         // struct user_msghdr { msg_name, msg_namelen, msg_iov @16, msg_iovlen @24, ... }

@@ -5,8 +5,10 @@ use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 
+use mcp_probe_common::{EventKind, Syscall};
+
 use crate::{
-    io::fd_key,
+    io::{fd_key, report_on_followed_socket},
     maps::{offsets, FDS},
 };
 
@@ -15,6 +17,15 @@ const RESET_FDS: u32 = 16;
 
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    // SAFETY: offset from the syscall tracepoint format.
+    if let Ok(fd) = unsafe { ctx.read_at::<u64>(16) } {
+        if fd <= i32::MAX as u64 {
+            // The agent finishes what the connection's end completes (bodies read until
+            // close) and forgets the connection.
+            let pid_tgid = bpf_get_current_pid_tgid();
+            report_on_followed_socket(pid_tgid, fd as u32, Syscall::Read, EventKind::Close, 0);
+        }
+    }
     forget_arg_fd(&ctx, 16)
 }
 

@@ -17,8 +17,9 @@ use mcp_probe_common::Direction;
 use crate::{
     identity::Processes,
     metrics::{
-        HttpStatusLabels, LabelCap, Metrics, NotificationLabels, OperationLabels, RequestLabels,
-        ResponseLabels, ServerSideLabels, SideMetrics, TransportLabels,
+        ConnectionErrorLabels, HttpStatusLabels, LabelCap, Metrics, NotificationLabels,
+        OperationLabels, RequestLabels, ResponseLabels, ServerSideLabels, SideMetrics,
+        TransportLabels,
     },
     protocols::jsonrpc::{Id, Message},
 };
@@ -79,6 +80,13 @@ enum Side {
 }
 
 impl Side {
+    fn label(self) -> &'static str {
+        match self {
+            Side::Client => "client",
+            Side::Server => "server",
+        }
+    }
+
     fn of(direction: Direction) -> Self {
         match direction {
             Direction::Write => Side::Client,
@@ -155,6 +163,11 @@ enum Finished {
     Notification {
         side: Side,
         method: String,
+        transport: &'static str,
+    },
+    ConnectionError {
+        side: Side,
+        reason: &'static str,
         transport: &'static str,
     },
     /// An HTTP response status; `side` is the process that read (client) or wrote (server) it.
@@ -478,6 +491,51 @@ impl Correlator {
             .inc();
     }
 
+    /// A connection carrying requests `ids` was closed before they were answered (how the
+    /// 2026-07-28 HTTP transport cancels): each still pending is counted as cancelled,
+    /// from the point of view of the process that sent or received it on this stream.
+    pub fn on_abort(&mut self, obs: &Observation<'_>, ids: Vec<Id>) {
+        for id in ids {
+            for direction in [Direction::Write, Direction::Read] {
+                let key = PendingKey {
+                    tgid: obs.tgid,
+                    direction,
+                };
+                let on_stream = self
+                    .pending
+                    .get(&key)
+                    .and_then(|m| m.get(&id))
+                    .and_then(|list| list.iter().position(|p| p.stream == obs.stream));
+                if let Some(index) = on_stream {
+                    if let Some(p) = self.take_at(key, &id, index) {
+                        self.finish_early(key, id.clone(), p, Ending::Cancelled);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A syscall on an MCP connection failed (reset, broken pipe, timeout, ...).
+    pub fn on_connection_error(&mut self, obs: &Observation<'_>, reason: &'static str) {
+        // A connected socket is the client's end; an accepted one the server's.
+        let observer_is_server = obs.peer.is_none();
+        let server = self.server_of(obs, observer_is_server, obs.stream);
+        let side = if observer_is_server {
+            Side::Server
+        } else {
+            Side::Client
+        };
+        self.finish(
+            server,
+            obs.ts_ns,
+            Finished::ConnectionError {
+                side,
+                reason,
+                transport: obs.transport,
+            },
+        );
+    }
+
     fn on_cancel(&mut self, obs: &Observation<'_>, id: Id) {
         // The cancelled request travelled the same way as the cancellation.
         let key = PendingKey {
@@ -565,6 +623,22 @@ impl Correlator {
 
     fn record(&self, server: &str, finished: Finished) {
         match finished {
+            Finished::ConnectionError {
+                side,
+                reason,
+                transport,
+            } => {
+                self.metrics
+                    .http
+                    .connection_errors
+                    .get_or_create(&ConnectionErrorLabels {
+                        mcp_server_name: server.to_owned(),
+                        side: side.label(),
+                        reason,
+                        network_transport: transport,
+                    })
+                    .inc();
+            }
             Finished::HttpStatus {
                 side,
                 status,

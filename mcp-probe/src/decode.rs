@@ -33,7 +33,7 @@ pub struct Record<'a> {
     pub stream_offset: u64,
     pub syscall_len: u64,
     pub syscall_offset: u64,
-    pub gap_len: u32,
+    pub detail: u32,
     pub payload: &'a [u8],
 }
 
@@ -85,7 +85,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         stream_offset: h.stream_offset,
         syscall_len: h.syscall_len,
         syscall_offset: h.syscall_offset,
-        gap_len: h.gap_len,
+        detail: h.detail,
         payload: &body[..claimed],
     })
 }
@@ -126,7 +126,7 @@ mod tests {
             syscall_len: 5,
             syscall_offset: 0,
             captured_len: captured,
-            gap_len: 0,
+            detail: 0,
         }
     }
 

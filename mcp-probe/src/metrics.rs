@@ -336,9 +336,19 @@ pub struct ServerSideLabels {
     pub status: u16,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionErrorLabels {
+    pub mcp_server_name: String,
+    pub side: &'static str,
+    /// `reset`, `broken_pipe`, `timeout`, `aborted`, `unreachable`.
+    pub reason: &'static str,
+    pub network_transport: &'static str,
+}
+
 /// HTTP-level outcomes of MCP's HTTP transports.
 #[derive(Clone, Default)]
 pub struct HttpMetrics {
+    pub connection_errors: Family<ConnectionErrorLabels, Counter>,
     pub responses: Family<HttpStatusLabels, Counter>,
     pub auth_failures: Family<ServerSideLabels, Counter>,
     pub rate_limited: Family<ServerSideLabels, Counter>,
@@ -356,6 +366,11 @@ impl HttpMetrics {
             "mcp_auth_failures",
             "HTTP 401 and 403 responses of MCP servers",
             m.auth_failures.clone(),
+        );
+        r.register(
+            "mcp_connection_errors",
+            "Failed reads/writes on MCP connections (reset, broken_pipe, timeout, aborted, unreachable)",
+            m.connection_errors.clone(),
         );
         r.register(
             "mcp_rate_limited",

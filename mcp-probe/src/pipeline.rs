@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use mcp_probe_common::{Direction, EventKind, StreamKind};
+use mcp_probe_common::{errno, Direction, EventKind, StreamKind};
 
 use crate::{
     correlate::{Correlator, Observation, ServerRef, StreamKey},
@@ -116,6 +116,11 @@ impl<C: StreamControl> Pipeline<C> {
     }
 
     pub fn on_record(&mut self, r: &Record<'_>) {
+        match r.kind {
+            EventKind::Close => return self.on_close(r),
+            EventKind::Error => return self.on_error(r),
+            EventKind::Data | EventKind::Gap => {}
+        }
         self.metrics.captured_bytes.inc_by(r.payload.len() as u64);
         tracing::trace!(
             tgid = r.tgid,
@@ -183,8 +188,9 @@ impl<C: StreamControl> Pipeline<C> {
         };
         let mut http_events = Vec::new();
         match (r.kind, &mut view.framing) {
+            (EventKind::Close | EventKind::Error, _) => {}
             (EventKind::Gap, Framing::Lines(f)) => {
-                f.hole(u64::from(r.gap_len));
+                f.hole(u64::from(r.detail));
             }
             (EventKind::Gap, Framing::Http(f)) => f.lost(),
             (EventKind::Data, Framing::Lines(f)) => {
@@ -239,8 +245,9 @@ impl<C: StreamControl> Pipeline<C> {
         };
         view.next_offset = r.stream_offset
             + match r.kind {
-                EventKind::Gap => u64::from(r.gap_len),
+                EventKind::Gap => u64::from(r.detail),
                 EventKind::Data => r.payload.len() as u64,
+                EventKind::Close | EventKind::Error => 0,
             };
         if let Framing::Lines(f) = &view.framing {
             let discarded = f.counters.resync_discarded_bytes;
@@ -263,6 +270,102 @@ impl<C: StreamControl> Pipeline<C> {
             self.correlator.forget_stream(stream);
         }
         self.metrics.tracked_streams.set(self.views.len() as i64);
+    }
+
+    /// A process closed its end of a followed socket: bodies delimited by the close end,
+    /// requests still unanswered on it were aborted, and the connection is forgotten.
+    fn on_close(&mut self, r: &Record<'_>) {
+        let stream = StreamKey {
+            addr: r.stream_id,
+            ino: r.ino,
+        };
+        let comm = r.comm();
+        let mut aborted = Vec::new();
+        let mut socket = None;
+        for direction in [Direction::Read, Direction::Write] {
+            let Some(view) = self.views.get_mut(&(stream, direction)) else {
+                continue;
+            };
+            socket = Some((view.transport, view.peer.clone()));
+            let mut events = Vec::new();
+            if let Framing::Http(f) = &mut view.framing {
+                f.close(&mut |e| events.push(OwnedHttpEvent::from(e)));
+            }
+            let peer = view.peer.clone();
+            let obs = Observation {
+                tgid: r.tgid,
+                comm: &comm,
+                direction,
+                stream,
+                transport: view.transport,
+                peer: peer.as_ref(),
+                ts_ns: r.ts_ns,
+                size: 0,
+            };
+            for e in events {
+                self.on_http_event((stream, direction), &obs, e);
+            }
+            if let Some(view) = self.views.remove(&(stream, direction)) {
+                if let Some((_, ids)) = view.response {
+                    aborted.extend(ids);
+                }
+            }
+        }
+        if let Some(queue) = self.http_in_flight.remove(&stream) {
+            aborted.extend(queue.into_iter().flat_map(|t| t.request_ids));
+        }
+        if let (false, Some((transport, peer))) = (aborted.is_empty(), socket) {
+            let obs = Observation {
+                tgid: r.tgid,
+                comm: &comm,
+                direction: Direction::Write,
+                stream,
+                transport,
+                peer: peer.as_ref(),
+                ts_ns: r.ts_ns,
+                size: 0,
+            };
+            self.correlator.on_abort(&obs, aborted);
+        }
+        self.correlator.forget_stream(stream);
+        self.metrics.tracked_streams.set(self.views.len() as i64);
+    }
+
+    fn on_error(&mut self, r: &Record<'_>) {
+        let stream = StreamKey {
+            addr: r.stream_id,
+            ino: r.ino,
+        };
+        let view = self
+            .views
+            .get(&(stream, Direction::Read))
+            .or_else(|| self.views.get(&(stream, Direction::Write)));
+        let (transport, peer) = match view {
+            Some(v) => (v.transport, v.peer.clone()),
+            None => {
+                let info = sockets::lookup(r.tgid, r.ino);
+                (info.transport, info.peer)
+            }
+        };
+        let reason = match r.detail {
+            errno::ECONNRESET => "reset",
+            errno::EPIPE => "broken_pipe",
+            errno::ETIMEDOUT => "timeout",
+            errno::ECONNABORTED => "aborted",
+            _ => "unreachable",
+        };
+        let comm = r.comm();
+        let obs = Observation {
+            tgid: r.tgid,
+            comm: &comm,
+            direction: r.direction(),
+            stream,
+            transport,
+            peer: peer.as_ref(),
+            ts_ns: r.ts_ns,
+            size: 0,
+        };
+        self.correlator.on_connection_error(&obs, reason);
     }
 
     fn on_http_event(
@@ -525,7 +628,7 @@ mod tests {
                 syscall_len: bytes.len() as u64,
                 syscall_offset: 0,
                 captured_len: bytes.len() as u32,
-                gap_len: 0,
+                detail: 0,
             };
             *offset += bytes.len() as u64;
             encode_record(&header, bytes)

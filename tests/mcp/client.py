@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""MCP stdio client driver for the mcp-probe tests.
+"""MCP client driver (stdio or HTTP) for the mcp-probe tests.
 
 Runs under either venv: the official Python SDK major version is detected at
 import time (py1 venv: mcp==1.30.0, py2 venv: mcp==2.3.0).
@@ -7,9 +7,21 @@ import time (py1 venv: mcp==1.30.0, py2 venv: mcp==2.3.0).
 Usage:
   client.py --scenario NAME [--mode auto|legacy|stateless] [--roots]
             [--stop-file PATH] [--max-seconds N] -- <server command...>
+  client.py --scenario NAME [...] --url URL [--transport streamable-http|sse]
+            [--header NAME:VALUE ...]
+  client.py --scenario NAME [...] --unix PATH [--url http://localhost/mcp]
 
 Scenarios: basic, unknown-method, big, slow, cancel, timeout, hold,
-           everything-basic (for @modelcontextprotocol/server-everything).
+           everything-basic (for @modelcontextprotocol/server-everything),
+           auth-fail, rate-limited (for gate_server.py; exit 0 when the
+           expected HTTP failure happened).
+
+HTTP: the SDK's own client transport (streamable_http_client / sse_client)
+runs on an httpx client (py2 SDK: httpx2) whose transport is wrapped by a tap
+that parses the real request/response bodies (JSON or SSE events): `wire` is
+counted there, and `http` lists every HTTP exchange (method, path, status,
+content type, chunked, content-length, session-id headers, and the JSON-RPC
+messages each one carried).
 
 --mode (py2 SDK only; py1 always does the initialize handshake):
   auto       SDK default: sends `server/discover` first, falls back to
@@ -28,7 +40,8 @@ the end: a JSON summary with
              counts {ok, error, tool_error, cancelled, timeout}
   tools    : same outcome counts per tool name (tools/call only)
   wire     : every JSON-RPC message the client transport actually sent and
-             received (counted by wrapping the SDK's stdio streams): handshake,
+             received (stdio: counted by wrapping the SDK's streams; HTTP:
+             parsed from the HTTP bodies): handshake,
              implicit tools/list the SDK does for output-schema validation,
              notifications/cancelled, server->client requests, etc.
   passed   : whether the scenario's own checks held (exit status 1 if not).
@@ -347,7 +360,7 @@ class _TapStream(hx.AsyncByteStream):
                 yield chunk
             self._finish()
         finally:
-            self.ex.setdefault("ended", "eof" if self.done else "aborted")
+            self.ex.setdefault("ended", "eof" if self.done else "client-closed")
 
     def _finish(self) -> None:
         if self.done:
@@ -540,8 +553,8 @@ class Conn:
 
 
 class _Py1Connect:
-    def __init__(self, params: Any, wire: Wire, roots: bool) -> None:
-        self.params, self.wire, self.roots = params, wire, roots
+    def __init__(self, transport: Any, roots: bool) -> None:
+        self.transport, self.roots = transport, roots
         self._stack: Any = None
 
     async def __aenter__(self) -> Conn:
@@ -549,12 +562,16 @@ class _Py1Connect:
 
         self._stack = AsyncExitStack()
         await self._stack.__aenter__()
-        read, write = await self._stack.enter_async_context(CountingTransport(self.params, self.wire))
-        kwargs: dict[str, Any] = {}
-        if self.roots:
-            kwargs["list_roots_callback"] = _list_roots
-        session = await self._stack.enter_async_context(ClientSession(read, write, **kwargs))
-        init = await session.initialize()
+        try:
+            read, write = await self._stack.enter_async_context(self.transport)
+            kwargs: dict[str, Any] = {}
+            if self.roots:
+                kwargs["list_roots_callback"] = _list_roots
+            session = await self._stack.enter_async_context(ClientSession(read, write, **kwargs))
+            init = await session.initialize()
+        except BaseException:
+            await self._stack.__aexit__(*sys.exc_info())
+            raise
         conn = Conn(session, session)
         conn.impl_init = init  # type: ignore[attr-defined]
         return conn
@@ -564,13 +581,14 @@ class _Py1Connect:
 
 
 class _Py2Connect:
-    def __init__(self, params: Any, wire: Wire, roots: bool, mode: str) -> None:
+    def __init__(self, transport: Any, roots: bool, mode: str) -> None:
         sdk_mode = {"auto": "auto", "legacy": "legacy", "stateless": "2026-07-28"}[mode]
         kwargs: dict[str, Any] = {"mode": sdk_mode}
         if roots:
             kwargs["list_roots_callback"] = _list_roots
-        # Client accepts any Transport: our counting wrapper around stdio_client.
-        self.client = Client(CountingTransport(params, wire), **kwargs)
+        # Client accepts any Transport: our counting wrapper around stdio_client,
+        # or the SDK's HTTP transport on our tapped httpx client.
+        self.client = Client(transport, **kwargs)
 
     async def __aenter__(self) -> Conn:
         c = await self.client.__aenter__()
@@ -580,11 +598,15 @@ class _Py2Connect:
         return await self.client.__aexit__(*exc)
 
 
-def connect(cmd: list[str], wire: Wire, mode: str, roots: bool) -> Any:
-    params = StdioServerParameters(command=cmd[0], args=cmd[1:], env=dict(os.environ))
+def connect(a: argparse.Namespace, wire: Wire, http_log: HttpLog | None) -> Any:
+    if http_log is not None:
+        transport: Any = HttpTransport(a, http_log)
+    else:
+        params = StdioServerParameters(command=a.cmd[0], args=a.cmd[1:], env=dict(os.environ))
+        transport = CountingTransport(params, wire)
     if SDK_MAJOR >= 2:
-        return _Py2Connect(params, wire, roots, mode)
-    return _Py1Connect(params, wire, roots)
+        return _Py2Connect(transport, a.roots, a.mode)
+    return _Py1Connect(transport, a.roots)
 
 
 # --------------------------------------------------------------------------
@@ -795,6 +817,46 @@ async def sc_everything_basic(conn: Conn, t: Tally, a: argparse.Namespace) -> No
     await anyio.sleep(0.2)
 
 
+def _failed_status(a: argparse.Namespace) -> int | None:
+    """HTTP status of the last >=400 response the client got (None if none)."""
+    for ex in reversed(a.http_log.exchanges if a.http_log else []):
+        if ex.get("status") and ex["status"] >= 400:
+            return ex["status"]
+    return None
+
+
+async def sc_rate_limited(conn: Conn, t: Tally, a: argparse.Namespace) -> None:
+    """For gate_server.py --mode ratelimit: echo until a call fails (max 50).
+
+    The SDKs turn the HTTP 429 into a JSON-RPC error that never was on the
+    wire (py2: -32603 "Server returned an error response"; py1: -32603 too);
+    the HTTP log tells the real status. The failing call may also be the
+    SDK's implicit tools/list inside the first call_tool.
+    """
+    ok = 0
+    failed: dict[str, Any] | None = None
+    for i in range(50):
+        try:
+            r = await conn.call_tool("echo", {"text": f"rl {i}"})
+        except SdkError as e:
+            t.add("tools/call", "error", "echo")
+            failed = {"call_index": i, "code": e.error.code, "message": e.error.message[:200]}
+            break
+        if _is_error(r):
+            t.add("tools/call", "tool_error", "echo")
+            failed = {"call_index": i, "tool_error": _text(r)[:200]}
+            break
+        t.add("tools/call", "ok", "echo")
+        ok += 1
+    status = _failed_status(a)
+    t.extra["calls_ok"] = ok
+    t.extra["failed_call"] = failed
+    t.extra["failed_with_status"] = status
+    t.extra["got_429"] = any(ex.get("status") == 429 for ex in a.http_log.exchanges) if a.http_log else False
+    t.check(failed is not None, "no call failed (is the server rate limited?)")
+    t.check(status == 429, f"expected an HTTP 429, last error status {status}")
+
+
 SCENARIOS = {
     "basic": sc_basic,
     "unknown-method": sc_unknown_method,
@@ -804,21 +866,33 @@ SCENARIOS = {
     "timeout": sc_timeout,
     "hold": sc_hold,
     "everything-basic": sc_everything_basic,
+    "rate-limited": sc_rate_limited,
+    "auth-fail": None,  # handled in run(): the connect itself must fail
 }
 
 
 async def run(a: argparse.Namespace) -> dict[str, Any]:
     wire = Wire()
     t = Tally()
+    http_log = HttpLog(wire) if a.url else None
+    a.http_log = http_log
     out: dict[str, Any] = {
         "sdk": f"py{SDK_MAJOR}",
         "sdk_version": SDK_VERSION,
         "mode": a.mode if SDK_MAJOR >= 2 else "legacy",
         "scenario": a.scenario,
     }
+    if http_log is not None:
+        out["transport"] = a.transport
+        out["url"] = a.url
+        if a.unix:
+            out["unix"] = a.unix
     done = False
+    if a.scenario == "auth-fail":
+        await run_auth_fail(a, wire, t, out)
+        return finish(out, t, wire, http_log)
     try:
-        async with connect(a.cmd, wire, a.mode, a.roots) as conn:
+        async with connect(a, wire, http_log) as conn:
             si = conn.server_info
             out["server_name"] = getattr(si, "name", None)
             out["server_version"] = getattr(si, "version", None)
@@ -836,6 +910,31 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
         else:
             t.failures.append(f"exception: {type(e).__name__}: {e}")
             log("EXCEPTION", repr(e))
+    return finish(out, t, wire, http_log)
+
+
+async def run_auth_fail(a: argparse.Namespace, wire: Wire, t: Tally, out: dict[str, Any]) -> None:
+    """Connect (handshake only) to a server that rejects us; failing is the expected outcome."""
+    try:
+        with anyio.fail_after(30):
+            async with connect(a, wire, a.http_log) as conn:
+                out["server_name"] = getattr(conn.server_info, "name", None)
+        t.check(False, "connected although authentication should have failed")
+    except Exception as e:  # noqa: BLE001
+        exc: BaseException = e
+        while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+            exc = exc.exceptions[0]
+        err: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)[:300]}
+        if isinstance(exc, SdkError):
+            err["code"] = exc.error.code
+        out["connect_error"] = err
+        log("connect failed as expected:", repr(exc))
+    status = _failed_status(a)
+    out["failed_with_status"] = status
+    t.check(status == 401, f"expected HTTP 401, got {status}")
+
+
+def finish(out: dict[str, Any], t: Tally, wire: Wire, http_log: HttpLog | None) -> dict[str, Any]:
     out["requests"] = {k: v for k, v in sorted(t.requests.items())}
     out["tools"] = {k: v for k, v in sorted(t.tools.items())}
     totals = {k: 0 for k in OUTCOMES}
@@ -845,6 +944,8 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
     out["totals"] = totals
     out.update(t.extra)
     out["wire"] = wire.summary()
+    if http_log is not None:
+        out["http"] = http_log.summary()
     out["failures"] = t.failures
     out["passed"] = not t.failures
     return out
@@ -852,20 +953,37 @@ async def run(a: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     argv = sys.argv[1:]
-    if "--" not in argv:
-        print(__doc__, file=sys.stderr)
-        return 2
-    i = argv.index("--")
+    if "--" in argv:
+        i = argv.index("--")
+        opts, cmd = argv[:i], argv[i + 1 :]
+    else:
+        opts, cmd = argv, []
     p = argparse.ArgumentParser(description="MCP test client driver")
     p.add_argument("--scenario", required=True, choices=sorted(SCENARIOS))
     p.add_argument("--mode", default="auto", choices=["auto", "legacy", "stateless"])
     p.add_argument("--roots", action="store_true")
     p.add_argument("--stop-file", default=None)
     p.add_argument("--max-seconds", type=float, default=300.0)
-    a = p.parse_args(argv[:i])
-    a.cmd = argv[i + 1 :]
-    if not a.cmd:
-        p.error("missing server command after --")
+    p.add_argument("--url", default=None, help="connect over HTTP instead of spawning a stdio server")
+    p.add_argument("--transport", default="streamable-http", choices=["streamable-http", "sse"])
+    p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE")
+    p.add_argument("--unix", default=None, metavar="PATH",
+                   help="HTTP over this unix socket (URL defaults to http://localhost/mcp)")
+    a = p.parse_args(opts)
+    a.cmd = cmd
+    if a.unix and not a.url:
+        a.url = "http://localhost/mcp"
+    if a.url and a.cmd:
+        p.error("give either --url/--unix or '-- <server command>', not both")
+    if not a.url and not a.cmd:
+        print(__doc__, file=sys.stderr)
+        return 2
+    a.headers = {}
+    for h in a.header:
+        name, sep, value = h.partition(":")
+        if not sep:
+            p.error(f"--header needs NAME:VALUE, got {h!r}")
+        a.headers[name.strip()] = value.strip()
     if SDK_MAJOR < 2 and a.mode != "auto" and a.mode != "legacy":
         p.error("py1 SDK only supports the initialize handshake (--mode legacy/auto)")
     out = anyio.run(run, a)

@@ -82,6 +82,11 @@ impl Agent {
     }
 
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_with_env(extra, "info")
+    }
+
+    /// Starts the agent with `RUST_LOG=log_filter` (e.g. to trace every record's header).
+    pub fn start_with_env(extra: &[&str], log_filter: &str) -> Self {
         // SAFETY: geteuid has no preconditions.
         assert_eq!(
             unsafe { libc::geteuid() },
@@ -104,7 +109,8 @@ impl Agent {
         let child = Command::new(&bin)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log_filter)
+            .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

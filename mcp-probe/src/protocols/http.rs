@@ -154,6 +154,17 @@ impl HttpFramer {
         self.state = State::Resync;
     }
 
+    /// The connection closed: a body delimited by the close ends here.
+    pub fn close(&mut self, emit: &mut impl FnMut(HttpEvent<'_>)) {
+        if let State::Body {
+            framing: BodyFraming::UntilClose,
+            ..
+        } = self.state
+        {
+            self.finish_body(emit);
+        }
+    }
+
     pub fn push(&mut self, mut data: &[u8], emit: &mut impl FnMut(HttpEvent<'_>)) {
         while !data.is_empty() {
             match &mut self.state {

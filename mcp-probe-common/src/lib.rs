@@ -51,6 +51,8 @@ pub enum EventKind {
     Close = 3,
     /// A syscall on a followed socket failed with a connection error; `detail` is errno.
     Error = 4,
+    /// Sent once when a socket starts being followed: a [`SocketInfo`] follows the header.
+    SocketInfo = 5,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -61,6 +63,7 @@ impl TryFrom<u32> for EventKind {
             2 => Ok(Self::Gap),
             3 => Ok(Self::Close),
             4 => Ok(Self::Error),
+            5 => Ok(Self::SocketInfo),
             other => Err(other),
         }
     }
@@ -309,6 +312,29 @@ pub struct StreamState {
 }
 const _: () = assert!(core::mem::size_of::<StreamState>() == 40);
 
+/// Address family values of [`SocketInfo::family`].
+pub const AF_UNIX: u16 = 1;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// A followed socket's identity, read from its `struct sock` when following starts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct SocketInfo {
+    /// `AF_UNIX`, `AF_INET`, `AF_INET6`.
+    pub family: u16,
+    /// Local port, host byte order.
+    pub local_port: u16,
+    /// Remote port, host byte order (0 when not connected).
+    pub remote_port: u16,
+    pub _pad: u16,
+    /// IPv4 addresses use the first 4 bytes. Network byte order.
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+}
+pub const SOCKET_INFO_LEN: usize = core::mem::size_of::<SocketInfo>();
+const _: () = assert!(SOCKET_INFO_LEN == 40);
+
 /// Kernel struct member offsets, read from BTF by the agent at start-up and handed to the
 /// programs as a global. All in bytes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -321,6 +347,15 @@ pub struct KernelOffsets {
     pub file_f_inode: u64,
     pub inode_i_mode: u64,
     pub inode_i_ino: u64,
+    pub file_private_data: u64,
+    pub socket_sk: u64,
+    pub sock_common_skc_family: u64,
+    pub sock_common_skc_num: u64,
+    pub sock_common_skc_dport: u64,
+    pub sock_common_skc_rcv_saddr: u64,
+    pub sock_common_skc_daddr: u64,
+    pub sock_common_skc_v6_rcv_saddr: u64,
+    pub sock_common_skc_v6_daddr: u64,
     /// Offset of `child_pid` in the `sched:sched_process_fork` tracepoint record.
     pub fork_child_pid: u64,
 }
@@ -332,4 +367,5 @@ mod pod {
     unsafe impl aya::Pod for super::FdState {}
     unsafe impl aya::Pod for super::StreamState {}
     unsafe impl aya::Pod for super::EventHeader {}
+    unsafe impl aya::Pod for super::SocketInfo {}
 }

@@ -12,8 +12,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_user, generated},
 };
 use mcp_probe_common::{
-    EventHeader, EventKind, FdState, Stat, Syscall, EVENT_HEADER_LEN, MAX_CHUNK, MAX_IOV,
-    MAX_RECORDS_PER_SYSCALL, TAIL_BYTES,
+    EventHeader, EventKind, FdState, SocketInfo, Stat, Syscall, EVENT_HEADER_LEN, MAX_CHUNK,
+    MAX_IOV, MAX_RECORDS_PER_SYSCALL, SOCKET_INFO_LEN, TAIL_BYTES,
 };
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
@@ -190,21 +190,51 @@ pub fn emit_syscall(
     }
 }
 
-/// A header-only record about a followed stream (`Close`, `Error`).
+/// The identity of a socket that starts being followed, before its first data record.
 #[inline(always)]
-pub fn emit_notice(
+pub fn emit_socket_info(
+    pid_tgid: u64,
+    fd: u32,
+    syscall: Syscall,
+    state: &FdState,
+    info: &SocketInfo,
+) {
+    let Some(mut entry) = EVENTS.reserve::<Record<SOCKET_INFO_LEN>>(0) else {
+        stats::add(Stat::RingbufFullRecords, 1);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    let header = notice_header(
+        pid_tgid,
+        fd,
+        syscall,
+        state,
+        EventKind::SocketInfo,
+        0,
+        SOCKET_INFO_LEN as u32,
+    );
+    // SAFETY: the reservation holds a header and SOCKET_INFO_LEN bytes.
+    unsafe {
+        core::ptr::addr_of_mut!((*record).header).write(header);
+        core::ptr::addr_of_mut!((*record).data)
+            .cast::<SocketInfo>()
+            .write_unaligned(*info);
+    }
+    entry.submit(wakeup_flags((EVENT_HEADER_LEN + SOCKET_INFO_LEN) as u64));
+    stats::add(Stat::RecordsSubmitted, 1);
+}
+
+#[inline(always)]
+fn notice_header(
     pid_tgid: u64,
     fd: u32,
     syscall: Syscall,
     state: &FdState,
     kind: EventKind,
     detail: u32,
-) {
-    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        stats::add(Stat::RingbufFullRecords, 1);
-        return;
-    };
-    entry.write(EventHeader {
+    captured_len: u32,
+) -> EventHeader {
+    EventHeader {
         kind: kind as u32,
         syscall: syscall as u32,
         // SAFETY: helper without preconditions.
@@ -219,9 +249,26 @@ pub fn emit_notice(
         stream_offset: 0,
         syscall_len: 0,
         syscall_offset: 0,
-        captured_len: 0,
+        captured_len,
         detail,
-    });
+    }
+}
+
+/// A header-only record about a followed stream (`Close`, `Error`).
+#[inline(always)]
+pub fn emit_notice(
+    pid_tgid: u64,
+    fd: u32,
+    syscall: Syscall,
+    state: &FdState,
+    kind: EventKind,
+    detail: u32,
+) {
+    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
+        stats::add(Stat::RingbufFullRecords, 1);
+        return;
+    };
+    entry.write(notice_header(pid_tgid, fd, syscall, state, kind, detail, 0));
     entry.submit(wakeup_flags(EVENT_HEADER_LEN as u64));
     stats::add(Stat::RecordsSubmitted, 1);
 }

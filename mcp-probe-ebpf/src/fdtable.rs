@@ -2,7 +2,7 @@
 //! walking task->files->fdt->fd[fd] with offsets the agent read from BTF.
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use mcp_probe_common::StreamKind;
+use mcp_probe_common::{SocketInfo, StreamKind, AF_INET, AF_INET6};
 
 use crate::maps::offsets;
 
@@ -64,4 +64,46 @@ pub fn file_info(file: u64) -> Result<FileInfo, i64> {
         0
     };
     Ok(FileInfo { inode, ino, kind })
+}
+
+/// The identity of the socket behind `file` (family, addresses, ports).
+#[inline(always)]
+pub fn socket_info(file: u64) -> Result<SocketInfo, i64> {
+    let off = offsets();
+    let socket = read_u64(file + off.file_private_data)?;
+    let sk = read_u64(socket + off.socket_sk)?;
+    let read_u16 = |addr: u64| -> Result<u16, i64> {
+        // SAFETY: as read_u64.
+        unsafe { bpf_probe_read_kernel(addr as *const u16) }.map_err(|e| e as i64)
+    };
+    let read_16 = |addr: u64| -> Result<[u8; 16], i64> {
+        // SAFETY: as read_u64.
+        unsafe { bpf_probe_read_kernel(addr as *const [u8; 16]) }.map_err(|e| e as i64)
+    };
+    let family = read_u16(sk + off.sock_common_skc_family)?;
+    let mut info = SocketInfo {
+        family,
+        ..SocketInfo::default()
+    };
+    if family == AF_INET || family == AF_INET6 {
+        info.local_port = read_u16(sk + off.sock_common_skc_num)?;
+        info.remote_port = u16::from_be(read_u16(sk + off.sock_common_skc_dport)?);
+    }
+    if family == AF_INET {
+        // SAFETY: as read_u64.
+        let local: [u8; 4] = unsafe {
+            bpf_probe_read_kernel((sk + off.sock_common_skc_rcv_saddr) as *const [u8; 4])
+        }
+        .map_err(|e| e as i64)?;
+        // SAFETY: as read_u64.
+        let remote: [u8; 4] =
+            unsafe { bpf_probe_read_kernel((sk + off.sock_common_skc_daddr) as *const [u8; 4]) }
+                .map_err(|e| e as i64)?;
+        info.local_addr[..4].copy_from_slice(&local);
+        info.remote_addr[..4].copy_from_slice(&remote);
+    } else if family == AF_INET6 {
+        info.local_addr = read_16(sk + off.sock_common_skc_v6_rcv_saddr)?;
+        info.remote_addr = read_16(sk + off.sock_common_skc_v6_daddr)?;
+    }
+    Ok(info)
 }

@@ -56,6 +56,15 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     file_f_inode: 0,
     inode_i_mode: 0,
     inode_i_ino: 0,
+    file_private_data: 0,
+    socket_sk: 0,
+    sock_common_skc_family: 0,
+    sock_common_skc_num: 0,
+    sock_common_skc_dport: 0,
+    sock_common_skc_rcv_saddr: 0,
+    sock_common_skc_daddr: 0,
+    sock_common_skc_v6_rcv_saddr: 0,
+    sock_common_skc_v6_daddr: 0,
     fork_child_pid: 0,
 };
 

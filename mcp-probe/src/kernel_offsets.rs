@@ -42,6 +42,15 @@ pub fn load(tracefs: &str) -> Result<KernelOffsets, OffsetsError> {
         file_f_inode: off("file", "f_inode")?,
         inode_i_mode: off("inode", "i_mode")?,
         inode_i_ino: off("inode", "i_ino")?,
+        file_private_data: off("file", "private_data")?,
+        socket_sk: off("socket", "sk")?,
+        sock_common_skc_family: off("sock_common", "skc_family")?,
+        sock_common_skc_num: off("sock_common", "skc_num")?,
+        sock_common_skc_dport: off("sock_common", "skc_dport")?,
+        sock_common_skc_rcv_saddr: off("sock_common", "skc_rcv_saddr")?,
+        sock_common_skc_daddr: off("sock_common", "skc_daddr")?,
+        sock_common_skc_v6_rcv_saddr: off("sock_common", "skc_v6_rcv_saddr")?,
+        sock_common_skc_v6_daddr: off("sock_common", "skc_v6_daddr")?,
         fork_child_pid: tracepoint_field_offset(&fork_format, "child_pid")?,
     })
 }

@@ -30,6 +30,8 @@ pub trait StreamControl {
 const NON_JSONRPC_LINES_BEFORE_IGNORE: u64 = 8;
 /// A view with no traffic for this long is forgotten (its partial line dropped).
 const IDLE_VIEW_NS: u64 = 30 * 60 * 1_000_000_000;
+/// Sockets whose identity is remembered (beyond this, /proc is asked instead).
+const MAX_SOCKETS: usize = 65_536;
 /// HTTP requests remembered per connection while their responses are awaited.
 const MAX_HTTP_IN_FLIGHT: usize = 64;
 
@@ -79,6 +81,8 @@ pub struct Pipeline<C: StreamControl> {
     views: HashMap<(StreamKey, Direction), View>,
     /// Per socket: HTTP requests whose responses have not started yet (FIFO: pipelining).
     http_in_flight: HashMap<StreamKey, VecDeque<HttpTxn>>,
+    /// Per socket: its identity, as the kernel reported it when following started.
+    sockets: HashMap<StreamKey, sockets::SocketInfo>,
     pub correlator: Correlator,
     metrics: AgentMetrics,
     control: C,
@@ -95,6 +99,7 @@ impl<C: StreamControl> Pipeline<C> {
             config,
             views: HashMap::new(),
             http_in_flight: HashMap::new(),
+            sockets: HashMap::new(),
             correlator,
             metrics,
             control,
@@ -119,6 +124,18 @@ impl<C: StreamControl> Pipeline<C> {
         match r.kind {
             EventKind::Close => return self.on_close(r),
             EventKind::Error => return self.on_error(r),
+            EventKind::SocketInfo => {
+                if let Some(info) = sockets::decode_kernel(r.payload) {
+                    let stream = StreamKey {
+                        addr: r.stream_id,
+                        ino: r.ino,
+                    };
+                    if self.sockets.len() < MAX_SOCKETS {
+                        self.sockets.insert(stream, sockets::from_kernel(&info));
+                    }
+                }
+                return;
+            }
             EventKind::Data | EventKind::Gap => {}
         }
         self.metrics.captured_bytes.inc_by(r.payload.len() as u64);
@@ -139,11 +156,15 @@ impl<C: StreamControl> Pipeline<C> {
         };
         let key = (stream, r.direction());
         let max = self.config.max_message_bytes;
+        let sockets_seen = &self.sockets;
         let view = self.views.entry(key).or_insert_with(|| {
             let (transport, peer) = match r.stream_kind {
                 StreamKind::Pipe => ("pipe", None),
                 StreamKind::Socket => {
-                    let info = sockets::lookup(r.tgid, r.ino);
+                    let info = sockets_seen
+                        .get(&stream)
+                        .cloned()
+                        .unwrap_or_else(|| sockets::lookup(r.tgid, r.ino));
                     (info.transport, info.peer)
                 }
             };
@@ -188,7 +209,7 @@ impl<C: StreamControl> Pipeline<C> {
         };
         let mut http_events = Vec::new();
         match (r.kind, &mut view.framing) {
-            (EventKind::Close | EventKind::Error, _) => {}
+            (EventKind::Close | EventKind::Error | EventKind::SocketInfo, _) => {}
             (EventKind::Gap, Framing::Lines(f)) => {
                 f.hole(u64::from(r.detail));
             }
@@ -247,7 +268,7 @@ impl<C: StreamControl> Pipeline<C> {
             + match r.kind {
                 EventKind::Gap => u64::from(r.detail),
                 EventKind::Data => r.payload.len() as u64,
-                EventKind::Close | EventKind::Error => 0,
+                EventKind::Close | EventKind::Error | EventKind::SocketInfo => 0,
             };
         if let Framing::Lines(f) = &view.framing {
             let discarded = f.counters.resync_discarded_bytes;
@@ -327,6 +348,7 @@ impl<C: StreamControl> Pipeline<C> {
             };
             self.correlator.on_abort(&obs, aborted);
         }
+        self.sockets.remove(&stream);
         self.correlator.forget_stream(stream);
         self.metrics.tracked_streams.set(self.views.len() as i64);
     }
@@ -336,17 +358,14 @@ impl<C: StreamControl> Pipeline<C> {
             addr: r.stream_id,
             ino: r.ino,
         };
-        let view = self
-            .views
-            .get(&(stream, Direction::Read))
-            .or_else(|| self.views.get(&(stream, Direction::Write)));
-        let (transport, peer) = match view {
-            Some(v) => (v.transport, v.peer.clone()),
-            None => {
-                let info = sockets::lookup(r.tgid, r.ino);
-                (info.transport, info.peer)
-            }
-        };
+        // Whether this end accepted or connected decides the side: ask /proc while the
+        // socket still exists (errors come before the close).
+        let info = sockets::lookup(r.tgid, r.ino);
+        let transport = self
+            .sockets
+            .get(&stream)
+            .map_or(info.transport, |s| s.transport);
+        let peer = info.peer;
         let reason = match r.detail {
             errno::ECONNRESET => "reset",
             errno::EPIPE => "broken_pipe",
@@ -457,6 +476,10 @@ impl<C: StreamControl> Pipeline<C> {
         self.views
             .retain(|_, v| now_ns.saturating_sub(v.last_ts_ns) < IDLE_VIEW_NS);
         let views = &self.views;
+        self.sockets.retain(|stream, _| {
+            views.contains_key(&(*stream, Direction::Read))
+                || views.contains_key(&(*stream, Direction::Write))
+        });
         self.http_in_flight.retain(|stream, _| {
             views.contains_key(&(*stream, Direction::Read))
                 || views.contains_key(&(*stream, Direction::Write))

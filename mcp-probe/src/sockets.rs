@@ -2,7 +2,14 @@
 //! (`/proc/PID/net/{tcp,tcp6,unix}`, read with `procfs`): its transport, its addresses,
 //! and whether this end accepted the connection (server) or made it (client).
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+};
+
+use mcp_probe_common::{
+    SocketInfo as KernelSocketInfo, AF_INET, AF_INET6, AF_UNIX, SOCKET_INFO_LEN,
+};
 
 use procfs::net::TcpState;
 
@@ -25,7 +32,8 @@ impl SocketInfo {
     }
 }
 
-/// Looks up socket inode `ino` as seen by process `tgid`.
+/// Looks up socket inode `ino` as seen by process `tgid` (when the kernel's record of the
+/// socket was lost, or the stream was followed before this agent started).
 pub fn lookup(tgid: u32, ino: u64) -> SocketInfo {
     let Ok(process) = procfs::process::Process::new(tgid as i32) else {
         return SocketInfo::unknown();
@@ -57,6 +65,42 @@ pub fn lookup(tgid: u32, ino: u64) -> SocketInfo {
         };
     }
     SocketInfo::unknown()
+}
+
+/// From the identity the kernel read out of the socket when following started.
+pub fn from_kernel(info: &KernelSocketInfo) -> SocketInfo {
+    let addr = |bytes: &[u8; 16], port: u16| -> Option<SocketAddr> {
+        match info.family {
+            AF_INET => Some(SocketAddr::from((
+                Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]),
+                port,
+            ))),
+            AF_INET6 => Some(SocketAddr::from((Ipv6Addr::from(*bytes), port))),
+            _ => None,
+        }
+    };
+    match info.family {
+        AF_INET | AF_INET6 => SocketInfo {
+            transport: "tcp",
+            // The remote end; only used to name the server when this end is the client.
+            peer: (info.remote_port != 0)
+                .then(|| addr(&info.remote_addr, info.remote_port))
+                .flatten()
+                .map(endpoint),
+        },
+        AF_UNIX => SocketInfo {
+            transport: "unix",
+            peer: None,
+        },
+        _ => SocketInfo::unknown(),
+    }
+}
+
+/// Decodes the payload of a `SocketInfo` record.
+pub fn decode_kernel(payload: &[u8]) -> Option<KernelSocketInfo> {
+    (payload.len() >= SOCKET_INFO_LEN)
+        // SAFETY: repr(C) integers and byte arrays only; length checked; unaligned read.
+        .then(|| unsafe { std::ptr::read_unaligned(payload.as_ptr().cast::<KernelSocketInfo>()) })
 }
 
 fn endpoint(addr: SocketAddr) -> ServerRef {

@@ -318,7 +318,7 @@ pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
 
 /// A followed socket's identity, read from its `struct sock` when following starts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(C)]
 pub struct SocketInfo {
     /// `AF_UNIX`, `AF_INET`, `AF_INET6`.
@@ -331,9 +331,13 @@ pub struct SocketInfo {
     /// IPv4 addresses use the first 4 bytes. Network byte order.
     pub local_addr: [u8; 16],
     pub remote_addr: [u8; 16],
+    /// `AF_UNIX`: the path the peer is bound to (for a client: the server's listening
+    /// path), NUL-padded; empty for socketpairs and abstract sockets are `\0name`.
+    pub unix_peer_path: [u8; UNIX_PATH_LEN],
 }
+pub const UNIX_PATH_LEN: usize = 108;
 pub const SOCKET_INFO_LEN: usize = core::mem::size_of::<SocketInfo>();
-const _: () = assert!(SOCKET_INFO_LEN == 40);
+const _: () = assert!(SOCKET_INFO_LEN == 148);
 
 /// Kernel struct member offsets, read from BTF by the agent at start-up and handed to the
 /// programs as a global. All in bytes.
@@ -356,6 +360,9 @@ pub struct KernelOffsets {
     pub sock_common_skc_daddr: u64,
     pub sock_common_skc_v6_rcv_saddr: u64,
     pub sock_common_skc_v6_daddr: u64,
+    pub unix_sock_peer: u64,
+    pub unix_sock_addr: u64,
+    pub unix_address_name: u64,
     /// Offset of `child_pid` in the `sched:sched_process_fork` tracepoint record.
     pub fork_child_pid: u64,
 }

@@ -19,6 +19,7 @@ use mcp_probe_common::{
 use aya_ebpf::{macros::map, maps::PerCpuArray};
 
 use crate::{
+    fdtable::write_socket_info,
     maps::{wakeup_bytes, Inflight, EVENTS},
     stats,
 };
@@ -192,13 +193,7 @@ pub fn emit_syscall(
 
 /// The identity of a socket that starts being followed, before its first data record.
 #[inline(always)]
-pub fn emit_socket_info(
-    pid_tgid: u64,
-    fd: u32,
-    syscall: Syscall,
-    state: &FdState,
-    info: &SocketInfo,
-) {
+pub fn emit_socket_info(pid_tgid: u64, fd: u32, syscall: Syscall, state: &FdState, file: u64) {
     let Some(mut entry) = EVENTS.reserve::<Record<SOCKET_INFO_LEN>>(0) else {
         stats::add(Stat::RingbufFullRecords, 1);
         return;
@@ -214,11 +209,17 @@ pub fn emit_socket_info(
         SOCKET_INFO_LEN as u32,
     );
     // SAFETY: the reservation holds a header and SOCKET_INFO_LEN bytes.
-    unsafe {
+    let written = unsafe {
         core::ptr::addr_of_mut!((*record).header).write(header);
-        core::ptr::addr_of_mut!((*record).data)
-            .cast::<SocketInfo>()
-            .write_unaligned(*info);
+        write_socket_info(
+            file,
+            core::ptr::addr_of_mut!((*record).data).cast::<SocketInfo>(),
+        )
+    };
+    if written.is_err() {
+        entry.discard(0);
+        stats::add(Stat::FdLookupFailed, 1);
+        return;
     }
     entry.submit(wakeup_flags((EVENT_HEADER_LEN + SOCKET_INFO_LEN) as u64));
     stats::add(Stat::RecordsSubmitted, 1);

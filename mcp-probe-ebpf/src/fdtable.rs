@@ -1,8 +1,8 @@
 //! Resolving a file descriptor of the current task to its `struct file` and inode, by
 //! walking task->files->fdt->fd[fd] with offsets the agent read from BTF.
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel};
-use mcp_probe_common::{SocketInfo, StreamKind, AF_INET, AF_INET6};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_probe_read_kernel, generated};
+use mcp_probe_common::{SocketInfo, StreamKind, AF_INET, AF_INET6, AF_UNIX, UNIX_PATH_LEN};
 
 use crate::maps::offsets;
 
@@ -66,44 +66,86 @@ pub fn file_info(file: u64) -> Result<FileInfo, i64> {
     Ok(FileInfo { inode, ino, kind })
 }
 
-/// The identity of the socket behind `file` (family, addresses, ports).
+/// Writes the identity of the socket behind `file` (family, addresses, ports, unix peer
+/// path) into `out`, which points into a ring buffer reservation: the 148 bytes do not fit
+/// on the BPF stack next to the rest of the exit hook.
+///
+/// # Safety
+/// `out` must be valid for writes of a whole `SocketInfo`.
 #[inline(always)]
-pub fn socket_info(file: u64) -> Result<SocketInfo, i64> {
+pub unsafe fn write_socket_info(file: u64, out: *mut SocketInfo) -> Result<(), i64> {
     let off = offsets();
     let socket = read_u64(file + off.file_private_data)?;
     let sk = read_u64(socket + off.socket_sk)?;
-    let read_u16 = |addr: u64| -> Result<u16, i64> {
-        // SAFETY: as read_u64.
-        unsafe { bpf_probe_read_kernel(addr as *const u16) }.map_err(|e| e as i64)
-    };
-    let read_16 = |addr: u64| -> Result<[u8; 16], i64> {
-        // SAFETY: as read_u64.
-        unsafe { bpf_probe_read_kernel(addr as *const [u8; 16]) }.map_err(|e| e as i64)
-    };
-    let family = read_u16(sk + off.sock_common_skc_family)?;
-    let mut info = SocketInfo {
-        family,
-        ..SocketInfo::default()
-    };
-    if family == AF_INET || family == AF_INET6 {
-        info.local_port = read_u16(sk + off.sock_common_skc_num)?;
-        info.remote_port = u16::from_be(read_u16(sk + off.sock_common_skc_dport)?);
-    }
-    if family == AF_INET {
-        // SAFETY: as read_u64.
-        let local: [u8; 4] = unsafe {
-            bpf_probe_read_kernel((sk + off.sock_common_skc_rcv_saddr) as *const [u8; 4])
+    let read_into = |dst: *mut u8, len: u32, src: u64| -> Result<(), i64> {
+        // SAFETY: the helper checks `src`; `dst` is inside `out` by the caller's contract.
+        let rc = unsafe { generated::bpf_probe_read_kernel(dst.cast(), len, src as *const _) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(rc)
         }
-        .map_err(|e| e as i64)?;
-        // SAFETY: as read_u64.
-        let remote: [u8; 4] =
-            unsafe { bpf_probe_read_kernel((sk + off.sock_common_skc_daddr) as *const [u8; 4]) }
-                .map_err(|e| e as i64)?;
-        info.local_addr[..4].copy_from_slice(&local);
-        info.remote_addr[..4].copy_from_slice(&remote);
-    } else if family == AF_INET6 {
-        info.local_addr = read_16(sk + off.sock_common_skc_v6_rcv_saddr)?;
-        info.remote_addr = read_16(sk + off.sock_common_skc_v6_daddr)?;
+    };
+    // SAFETY (all writes below): fields of `*out`, valid by the caller's contract.
+    unsafe {
+        core::ptr::addr_of_mut!((*out).family).write(0);
+        core::ptr::addr_of_mut!((*out).local_port).write(0);
+        core::ptr::addr_of_mut!((*out).remote_port).write(0);
+        core::ptr::addr_of_mut!((*out)._pad).write(0);
+        core::ptr::addr_of_mut!((*out).local_addr).write([0; 16]);
+        core::ptr::addr_of_mut!((*out).remote_addr).write([0; 16]);
+        core::ptr::addr_of_mut!((*out).unix_peer_path)
+            .cast::<u8>()
+            .write(0);
     }
-    Ok(info)
+    // SAFETY: as read_u64.
+    let family: u16 =
+        unsafe { bpf_probe_read_kernel((sk + off.sock_common_skc_family) as *const u16) }
+            .map_err(|e| e as i64)?;
+    // SAFETY: as above.
+    unsafe { core::ptr::addr_of_mut!((*out).family).write(family) };
+    if family == AF_INET || family == AF_INET6 {
+        // SAFETY: as read_u64.
+        let local: u16 =
+            unsafe { bpf_probe_read_kernel((sk + off.sock_common_skc_num) as *const u16) }
+                .map_err(|e| e as i64)?;
+        // SAFETY: as read_u64.
+        let remote: u16 =
+            unsafe { bpf_probe_read_kernel((sk + off.sock_common_skc_dport) as *const u16) }
+                .map_err(|e| e as i64)?;
+        // SAFETY: as above.
+        unsafe {
+            core::ptr::addr_of_mut!((*out).local_port).write(local);
+            core::ptr::addr_of_mut!((*out).remote_port).write(u16::from_be(remote));
+        }
+    }
+    // SAFETY: as above (pointers to fields of `*out`).
+    let (local_addr, remote_addr, path) = unsafe {
+        (
+            core::ptr::addr_of_mut!((*out).local_addr).cast::<u8>(),
+            core::ptr::addr_of_mut!((*out).remote_addr).cast::<u8>(),
+            core::ptr::addr_of_mut!((*out).unix_peer_path).cast::<u8>(),
+        )
+    };
+    if family == AF_INET {
+        read_into(local_addr, 4, sk + off.sock_common_skc_rcv_saddr)?;
+        read_into(remote_addr, 4, sk + off.sock_common_skc_daddr)?;
+    } else if family == AF_INET6 {
+        read_into(local_addr, 16, sk + off.sock_common_skc_v6_rcv_saddr)?;
+        read_into(remote_addr, 16, sk + off.sock_common_skc_v6_daddr)?;
+    } else if family == AF_UNIX {
+        // The peer's address: for a client, the path of the server's listening socket
+        // (an accepted socket shares its listener's address).
+        let peer = read_u64(sk + off.unix_sock_peer)?;
+        let addr = if peer != 0 {
+            read_u64(peer + off.unix_sock_addr)?
+        } else {
+            0
+        };
+        if addr != 0 {
+            // struct sockaddr_un { sa_family_t sun_family; char sun_path[108]; }
+            let _ = read_into(path, UNIX_PATH_LEN as u32, addr + off.unix_address_name + 2);
+        }
+    }
+    Ok(())
 }

@@ -17,7 +17,7 @@ use mcp_probe_common::{
 
 use crate::{
     capture, classify,
-    fdtable::{current_file, file_info, socket_info},
+    fdtable::{current_file, file_info},
     maps::{Inflight, FDS, INFLIGHT, STREAMS},
     stats,
 };
@@ -281,16 +281,7 @@ fn try_exit(
                 stream.verdict = verdict::FOLLOWED;
                 stats::add(Stat::StreamsFollowed, 1);
                 if fd_state.kind == StreamKind::Socket as u32 {
-                    match socket_info(file) {
-                        Ok(info) => capture::emit_socket_info(
-                            pid_tgid,
-                            inflight.fd,
-                            syscall,
-                            &fd_state,
-                            &info,
-                        ),
-                        Err(_) => stats::add(Stat::FdLookupFailed, 1),
-                    }
+                    capture::emit_socket_info(pid_tgid, inflight.fd, syscall, &fd_state, file);
                 }
                 debug!(
                     ctx,

@@ -65,6 +65,9 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     sock_common_skc_daddr: 0,
     sock_common_skc_v6_rcv_saddr: 0,
     sock_common_skc_v6_daddr: 0,
+    unix_sock_peer: 0,
+    unix_sock_addr: 0,
+    unix_address_name: 0,
     fork_child_pid: 0,
 };
 

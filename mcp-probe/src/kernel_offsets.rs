@@ -51,6 +51,9 @@ pub fn load(tracefs: &str) -> Result<KernelOffsets, OffsetsError> {
         sock_common_skc_daddr: off("sock_common", "skc_daddr")?,
         sock_common_skc_v6_rcv_saddr: off("sock_common", "skc_v6_rcv_saddr")?,
         sock_common_skc_v6_daddr: off("sock_common", "skc_v6_daddr")?,
+        unix_sock_peer: off("unix_sock", "peer")?,
+        unix_sock_addr: off("unix_sock", "addr")?,
+        unix_address_name: off("unix_address", "name")?,
         fork_child_pid: tracepoint_field_offset(&fork_format, "child_pid")?,
     })
 }

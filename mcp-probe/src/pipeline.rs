@@ -83,6 +83,7 @@ pub struct Pipeline<C: StreamControl> {
     http_in_flight: HashMap<StreamKey, VecDeque<HttpTxn>>,
     /// Per socket: its identity, as the kernel reported it when following started.
     sockets: HashMap<StreamKey, sockets::SocketInfo>,
+    servers: sockets::Servers,
     pub correlator: Correlator,
     metrics: AgentMetrics,
     control: C,
@@ -100,6 +101,7 @@ impl<C: StreamControl> Pipeline<C> {
             views: HashMap::new(),
             http_in_flight: HashMap::new(),
             sockets: HashMap::new(),
+            servers: sockets::Servers::default(),
             correlator,
             metrics,
             control,
@@ -157,6 +159,7 @@ impl<C: StreamControl> Pipeline<C> {
         let key = (stream, r.direction());
         let max = self.config.max_message_bytes;
         let sockets_seen = &self.sockets;
+        let servers = &mut self.servers;
         let view = self.views.entry(key).or_insert_with(|| {
             let (transport, peer) = match r.stream_kind {
                 StreamKind::Pipe => ("pipe", None),
@@ -165,7 +168,10 @@ impl<C: StreamControl> Pipeline<C> {
                         .get(&stream)
                         .cloned()
                         .unwrap_or_else(|| sockets::lookup(r.tgid, r.ino));
-                    (info.transport, info.peer)
+                    (
+                        info.transport,
+                        info.peer.map(|addr| servers.resolve(r.tgid, addr)),
+                    )
                 }
             };
             let framing = if starts_http(r.payload) {
@@ -365,7 +371,7 @@ impl<C: StreamControl> Pipeline<C> {
             .sockets
             .get(&stream)
             .map_or(info.transport, |s| s.transport);
-        let peer = info.peer;
+        let peer = info.peer.map(|addr| self.servers.resolve(r.tgid, addr));
         let reason = match r.detail {
             errno::ECONNRESET => "reset",
             errno::EPIPE => "broken_pipe",

@@ -50,6 +50,14 @@ pub fn harness(file: &str) -> String {
         .into_owned()
 }
 
+/// The server-everything entry point (`node <entry> stdio|streamableHttp|sse`).
+pub fn everything_entry() -> String {
+    mcp_env()
+        .join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js")
+        .to_string_lossy()
+        .into_owned()
+}
+
 pub fn everything_server() -> Vec<String> {
     let entry =
         mcp_env().join("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
@@ -309,13 +317,20 @@ fn parse_labels(s: &str) -> BTreeMap<String, String> {
     out
 }
 
-/// Runs the SDK client driver and returns its JSON summary.
+/// Runs the SDK client driver against a server command (stdio) and returns its summary.
 pub fn run_client(python: &Path, args: &[&str], server: &[String]) -> serde_json::Value {
+    let mut all: Vec<&str> = args.to_vec();
+    all.push("--");
+    all.extend(server.iter().map(String::as_str));
+    run_client_args(python, &all)
+}
+
+/// Runs the SDK client driver with exactly `args` (e.g. `--url ...`) and returns its JSON
+/// summary, panicking if the scenario failed.
+pub fn run_client_args(python: &Path, args: &[&str]) -> serde_json::Value {
     let out = Command::new(python)
         .arg(harness("client.py"))
         .args(args)
-        .arg("--")
-        .args(server)
         .stdin(Stdio::null())
         .output()
         .expect("run client.py");
@@ -336,6 +351,255 @@ pub fn run_client(python: &Path, args: &[&str], server: &[String]) -> serde_json
         String::from_utf8_lossy(&out.stderr)
     );
     summary
+}
+
+/// A server process started for a test; it prints `READY` when it accepts connections and
+/// is stopped with SIGTERM when dropped.
+pub struct ServerProcess {
+    child: Child,
+}
+
+impl ServerProcess {
+    pub fn start(program: &Path, args: &[&str]) -> Self {
+        Self::start_in(None, program, args, &[])
+    }
+
+    /// Starts `program` (optionally inside network namespace `netns`) with extra env.
+    pub fn start_in(
+        netns: Option<&str>,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
+        let mut child = cmd
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", program.display()));
+        let stdout = child.stdout.take().expect("server stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if line.trim() == "READY" {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!(
+                "{} {args:?} did not print READY within 60 s",
+                program.display()
+            );
+        }
+        Self { child }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+// ---- Assertions shared by the transport tests ----
+
+pub const CLIENT: &str = "mcp_client";
+pub const SERVER: &str = "mcp_server";
+
+pub fn requests(m: &Metrics, side: &str, server: &str, method: &str, tool: &str) -> f64 {
+    m.sum(
+        &format!("{side}_requests_total"),
+        &[
+            ("mcp_server_name", server),
+            ("mcp_method_name", method),
+            ("gen_ai_tool_name", tool),
+        ],
+    )
+}
+
+pub fn responses(
+    m: &Metrics,
+    side: &str,
+    server: &str,
+    method: &str,
+    tool: &str,
+    outcome: &str,
+) -> f64 {
+    m.sum(
+        &format!("{side}_responses_total"),
+        &[
+            ("mcp_server_name", server),
+            ("mcp_method_name", method),
+            ("gen_ai_tool_name", tool),
+            ("outcome", outcome),
+        ],
+    )
+}
+
+/// No byte lost anywhere, nothing unpaired, no parse error.
+pub fn assert_clean(m: &Metrics) {
+    for name in [
+        "mcp_probe_lost_bytes_total",
+        "mcp_probe_lost_records_total",
+        "mcp_probe_unpaired_responses_total",
+        "mcp_probe_parse_errors_total",
+    ] {
+        assert_eq!(
+            m.sum(name, &[]),
+            0.0,
+            "{name} should be 0:\n{}",
+            m.dump("mcp_probe")
+        );
+    }
+}
+
+/// The `basic` scenario's tool and prompt calls, on both sides.
+pub fn assert_basic(m: &Metrics, server: &str, transport: &str) {
+    for side in [CLIENT, SERVER] {
+        assert_eq!(
+            requests(m, side, server, "tools/call", "echo"),
+            3.0,
+            "{side} echo\n{}",
+            m.dump("mcp_")
+        );
+        assert_eq!(
+            requests(m, side, server, "tools/call", "add"),
+            2.0,
+            "{side} add"
+        );
+        assert_eq!(
+            requests(m, side, server, "tools/call", "fail"),
+            1.0,
+            "{side} fail"
+        );
+        assert_eq!(
+            responses(m, side, server, "tools/call", "echo", "ok"),
+            3.0,
+            "{side} echo ok"
+        );
+        assert_eq!(
+            responses(m, side, server, "tools/call", "fail", "tool_error"),
+            1.0,
+            "{side} fail tool_error"
+        );
+        assert_eq!(
+            m.sum(
+                &format!("{side}_responses_total"),
+                &[("mcp_server_name", server), ("error_type", "tool_error")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            m.sum(
+                &format!("{side}_requests_total"),
+                &[
+                    ("mcp_server_name", server),
+                    ("mcp_method_name", "prompts/get"),
+                    ("gen_ai_prompt_name", "greet")
+                ]
+            ),
+            1.0
+        );
+        assert_eq!(
+            m.sum(
+                &format!("{side}_operation_duration_seconds_count"),
+                &[
+                    ("mcp_server_name", server),
+                    ("mcp_method_name", "tools/call")
+                ]
+            ),
+            6.0
+        );
+        assert_eq!(
+            m.sum(
+                &format!("{side}_request_size_bytes_count"),
+                &[
+                    ("mcp_server_name", server),
+                    ("mcp_method_name", "tools/call")
+                ]
+            ),
+            6.0
+        );
+        assert_eq!(
+            m.label_values(&format!("{side}_requests_total"), "network_transport"),
+            vec![transport]
+        );
+    }
+}
+
+/// Every request the client put on the wire, per method, equals what both sides counted.
+pub fn assert_matches_wire(m: &Metrics, server: &str, summary: &serde_json::Value) {
+    let sent = summary["wire"]["sent"]["requests"]
+        .as_object()
+        .expect("wire.sent.requests");
+    for (method, n) in sent {
+        let n = n.as_f64().expect("count");
+        for side in [CLIENT, SERVER] {
+            let got = m.sum(
+                &format!("{side}_requests_total"),
+                &[("mcp_server_name", server), ("mcp_method_name", method)],
+            );
+            assert_eq!(
+                got,
+                n,
+                "{side} {method}: client sent {n}, agent counted {got}\n{}",
+                m.dump("mcp_")
+            );
+        }
+    }
+    // Nothing else: the only other requests are those the server sent to the client.
+    let from_server = summary["wire"]["received"]["requests"]
+        .as_object()
+        .expect("wire.received.requests");
+    let total: f64 = sent
+        .values()
+        .chain(from_server.values())
+        .filter_map(|v| v.as_f64())
+        .sum();
+    for side in [CLIENT, SERVER] {
+        assert_eq!(
+            m.sum(
+                &format!("{side}_requests_total"),
+                &[("mcp_server_name", server)]
+            ),
+            total,
+            "{side} total"
+        );
+    }
 }
 
 #[cfg(test)]

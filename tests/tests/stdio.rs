@@ -2,173 +2,9 @@
 //! official MCP SDKs (PyPI `mcp` 2.x and 1.x, npm server-everything) talking over pipes.
 
 use integration_tests::{
-    everything_server, exclusive, harness, py1, py2, run_client, Agent, Metrics,
+    assert_basic, assert_clean, assert_matches_wire, everything_server, exclusive, harness, py1,
+    py2, requests, responses, run_client, Agent, Metrics, CLIENT, SERVER,
 };
-
-const CLIENT: &str = "mcp_client";
-const SERVER: &str = "mcp_server";
-
-fn requests(m: &Metrics, side: &str, server: &str, method: &str, tool: &str) -> f64 {
-    m.sum(
-        &format!("{side}_requests_total"),
-        &[
-            ("mcp_server_name", server),
-            ("mcp_method_name", method),
-            ("gen_ai_tool_name", tool),
-        ],
-    )
-}
-
-fn responses(
-    m: &Metrics,
-    side: &str,
-    server: &str,
-    method: &str,
-    tool: &str,
-    outcome: &str,
-) -> f64 {
-    m.sum(
-        &format!("{side}_responses_total"),
-        &[
-            ("mcp_server_name", server),
-            ("mcp_method_name", method),
-            ("gen_ai_tool_name", tool),
-            ("outcome", outcome),
-        ],
-    )
-}
-
-/// No byte lost anywhere, nothing unpaired, no parse error.
-fn assert_clean(m: &Metrics) {
-    for name in [
-        "mcp_probe_lost_bytes_total",
-        "mcp_probe_lost_records_total",
-        "mcp_probe_unpaired_responses_total",
-        "mcp_probe_parse_errors_total",
-    ] {
-        assert_eq!(
-            m.sum(name, &[]),
-            0.0,
-            "{name} should be 0:\n{}",
-            m.dump("mcp_probe")
-        );
-    }
-}
-
-/// The `basic` scenario's tool and prompt calls, on both sides.
-fn assert_basic(m: &Metrics, server: &str) {
-    for side in [CLIENT, SERVER] {
-        assert_eq!(
-            requests(m, side, server, "tools/call", "echo"),
-            3.0,
-            "{side} echo\n{}",
-            m.dump("mcp_")
-        );
-        assert_eq!(
-            requests(m, side, server, "tools/call", "add"),
-            2.0,
-            "{side} add"
-        );
-        assert_eq!(
-            requests(m, side, server, "tools/call", "fail"),
-            1.0,
-            "{side} fail"
-        );
-        assert_eq!(
-            responses(m, side, server, "tools/call", "echo", "ok"),
-            3.0,
-            "{side} echo ok"
-        );
-        assert_eq!(
-            responses(m, side, server, "tools/call", "fail", "tool_error"),
-            1.0,
-            "{side} fail tool_error"
-        );
-        assert_eq!(
-            m.sum(
-                &format!("{side}_responses_total"),
-                &[("mcp_server_name", server), ("error_type", "tool_error")]
-            ),
-            1.0
-        );
-        assert_eq!(
-            m.sum(
-                &format!("{side}_requests_total"),
-                &[
-                    ("mcp_server_name", server),
-                    ("mcp_method_name", "prompts/get"),
-                    ("gen_ai_prompt_name", "greet")
-                ]
-            ),
-            1.0
-        );
-        assert_eq!(
-            m.sum(
-                &format!("{side}_operation_duration_seconds_count"),
-                &[
-                    ("mcp_server_name", server),
-                    ("mcp_method_name", "tools/call")
-                ]
-            ),
-            6.0
-        );
-        assert_eq!(
-            m.sum(
-                &format!("{side}_request_size_bytes_count"),
-                &[
-                    ("mcp_server_name", server),
-                    ("mcp_method_name", "tools/call")
-                ]
-            ),
-            6.0
-        );
-        assert_eq!(
-            m.label_values(&format!("{side}_requests_total"), "network_transport"),
-            vec!["pipe"]
-        );
-    }
-}
-
-/// Every request the client put on the wire, per method, equals what both sides counted.
-fn assert_matches_wire(m: &Metrics, server: &str, summary: &serde_json::Value) {
-    let sent = summary["wire"]["sent"]["requests"]
-        .as_object()
-        .expect("wire.sent.requests");
-    for (method, n) in sent {
-        let n = n.as_f64().expect("count");
-        for side in [CLIENT, SERVER] {
-            let got = m.sum(
-                &format!("{side}_requests_total"),
-                &[("mcp_server_name", server), ("mcp_method_name", method)],
-            );
-            assert_eq!(
-                got,
-                n,
-                "{side} {method}: client sent {n}, agent counted {got}\n{}",
-                m.dump("mcp_")
-            );
-        }
-    }
-    // Nothing else: the only other requests are those the server sent to the client.
-    let from_server = summary["wire"]["received"]["requests"]
-        .as_object()
-        .expect("wire.received.requests");
-    let total: f64 = sent
-        .values()
-        .chain(from_server.values())
-        .filter_map(|v| v.as_f64())
-        .sum();
-    for side in [CLIENT, SERVER] {
-        assert_eq!(
-            m.sum(
-                &format!("{side}_requests_total"),
-                &[("mcp_server_name", server)]
-            ),
-            total,
-            "{side} total"
-        );
-    }
-}
 
 fn wait_tool_calls(agent: &Agent, server: &str, n: f64) -> Metrics {
     agent.wait_for(&format!("{n} tools/call on both sides for {server}"), |m| {
@@ -202,7 +38,7 @@ fn py2_sdk_stateless_discover_protocol() {
         m2.dump("mcp_client"),
         "counts still changing"
     );
-    assert_basic(&m2, "probe-py2");
+    assert_basic(&m2, "probe-py2", "pipe");
     assert_matches_wire(&m2, "probe-py2", &summary);
     assert_eq!(
         requests(&m2, CLIENT, "probe-py2", "server/discover", ""),
@@ -224,7 +60,7 @@ fn py2_sdk_initialize_handshake() {
     );
     assert_eq!(summary["protocol_version"], "2025-11-25");
     let m = wait_tool_calls(&agent, "probe-py2", 6.0);
-    assert_basic(&m, "probe-py2");
+    assert_basic(&m, "probe-py2", "pipe");
     assert_matches_wire(&m, "probe-py2", &summary);
     for side in [CLIENT, SERVER] {
         assert_eq!(requests(&m, side, "probe-py2", "initialize", ""), 1.0);

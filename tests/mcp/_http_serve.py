@@ -42,14 +42,14 @@ class _Server(uvicorn.Server):
 
 
 def serve(app: Any, *, port: int | None = None, uds: str | None = None, graceful: float = 1.0,
-          log_level: str = "warning") -> int:
+          log_level: str = "warning", host: str = "127.0.0.1") -> int:
     if uds is not None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(uds)
         config = uvicorn.Config(app, uds=uds, log_level=log_level, timeout_graceful_shutdown=graceful,
                                 lifespan="on")
     else:
-        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level=log_level,
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level,
                                 timeout_graceful_shutdown=graceful, lifespan="on")
     server = _Server(config)
     anyio.run(server.serve)

@@ -24,10 +24,16 @@ from _tools import register  # noqa: E402
 mcp = register(MCPServer("probe-py2"))
 
 
-def http_app(json_response: bool = False, stateless: bool = False, unix: bool = False):
+def http_app(json_response: bool = False, stateless: bool = False, unix: bool = False,
+             host: str = "127.0.0.1"):
     """The SDK's own Starlette app for Streamable HTTP at /mcp (with its lifespan)."""
     kwargs = {}
-    if unix:
+    if host != "127.0.0.1":
+        # Served on a test network (veth pair): accept that Host header.
+        from mcp.server.transport_security import TransportSecuritySettings
+
+        kwargs["transport_security"] = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    elif unix:
         from mcp.server.transport_security import TransportSecuritySettings
 
         from _http_serve import loopback_security
@@ -46,14 +52,15 @@ def main() -> int:
     g.add_argument("--unix", metavar="PATH")
     p.add_argument("--json-response", action="store_true")
     p.add_argument("--stateless", action="store_true")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind with --http (tests bind a veth address)")
     a = p.parse_args()
     if a.http is None and a.unix is None:
         mcp.run("stdio")
         return 0
     from _http_serve import serve
 
-    app = http_app(a.json_response, a.stateless, unix=a.unix is not None)
-    return serve(app, port=a.http, uds=a.unix)
+    app = http_app(a.json_response, a.stateless, unix=a.unix is not None, host=a.host)
+    return serve(app, port=a.http, uds=a.unix, host=a.host)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,16 @@ install_node() {
     echo "mcp-env: installed node ($want) in $dir"
 }
 
+# `ip` (iproute2) for the network-namespace test.
+install_iproute2() {
+    command -v ip >/dev/null && return 0
+    command -v apt-get >/dev/null || { echo "setup.sh: need iproute2 (ip)" >&2; exit 1; }
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2) >"$ENV_DIR/apt-install.log" 2>&1 || {
+        cat "$ENV_DIR/apt-install.log" >&2; echo "setup.sh: apt-get install iproute2 failed" >&2; exit 1; }
+    echo "mcp-env: installed iproute2"
+}
+
+install_iproute2
 install_venv py2 "$PY_SDK2_VERSION"
 install_venv py1 "$PY_SDK1_VERSION"
 install_node

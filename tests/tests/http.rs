@@ -192,13 +192,7 @@ fn legacy_http_sse_transport_pairs_through_the_get_stream() {
     // Every POST is answered 202; the JSON-RPC responses come back on the GET stream.
     assert_basic(&m, "probe-py1", "tcp");
     assert_matches_wire(&m, "probe-py1", &summary);
-    assert_eq!(
-        m.sum(
-            "mcp_http_responses_total",
-            &[("side", "client"), ("status_class", "2xx")]
-        ) > 0.0,
-        true
-    );
+    assert_statuses(&m, "probe-py1", &summary);
     assert_clean(&m);
     agent.stop();
 }
@@ -405,6 +399,131 @@ fn streamable_http_on_a_unix_socket() {
     let m = wait_both_sides(&agent, "probe-py2", "tools/call", 6.0);
     assert_basic(&m, "probe-py2", "unix");
     assert_matches_wire(&m, "probe-py2", &summary);
+    assert_clean(&m);
+    agent.stop();
+}
+
+/// A network namespace joined to the host by a veth pair, removed on drop.
+struct Netns {
+    name: String,
+    host_if: String,
+}
+
+impl Netns {
+    fn create(tag: u32) -> Self {
+        let name = format!("mcpprobe{tag}");
+        let host_if = format!("mcpa{tag}");
+        let peer_if = format!("mcpb{tag}");
+        let ns = Netns { name, host_if };
+        let _ = Command::new("ip").args(["netns", "del", &ns.name]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &ns.host_if])
+            .status();
+        for cmd in [
+            vec!["netns", "add", &ns.name],
+            vec![
+                "link",
+                "add",
+                &ns.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer_if,
+            ],
+            vec!["link", "set", &peer_if, "netns", &ns.name],
+            vec!["addr", "add", "10.231.7.1/24", "dev", &ns.host_if],
+            vec!["link", "set", &ns.host_if, "up"],
+            vec![
+                "netns",
+                "exec",
+                &ns.name,
+                "ip",
+                "addr",
+                "add",
+                "10.231.7.2/24",
+                "dev",
+                &peer_if,
+            ],
+            vec![
+                "netns", "exec", &ns.name, "ip", "link", "set", &peer_if, "up",
+            ],
+            vec!["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"],
+        ] {
+            let status = Command::new("ip")
+                .args(&cmd)
+                .status()
+                .expect("run ip (iproute2)");
+            assert!(status.success(), "ip {cmd:?} failed");
+        }
+        ns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+    }
+}
+
+/// The client runs in its own network namespace and reaches the server over a veth pair:
+/// the traffic crosses a real interface, and each end's socket lives in a different
+/// namespace. Both sides are still counted exactly once each.
+#[test]
+fn client_in_another_network_namespace_over_a_veth_pair() {
+    let _guard = exclusive();
+    let ns = Netns::create(std::process::id() % 10_000);
+    let agent = Agent::start();
+    let port = free_port().to_string();
+    let _server = ServerProcess::start(
+        &py2(),
+        &[
+            &harness("py2_server.py"),
+            "--http",
+            &port,
+            "--host",
+            "10.231.7.1",
+            "--json-response",
+        ],
+    );
+    let url = format!("http://10.231.7.1:{port}/mcp");
+    let py = py2().display().to_string();
+    let client = harness("client.py");
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &ns.name,
+            &py,
+            &client,
+            "--scenario",
+            "basic",
+            "--url",
+            &url,
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the client in the namespace");
+    let summary: serde_json::Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no summary; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert_eq!(summary["passed"], true, "{summary}");
+    let m = wait_both_sides(&agent, "probe-py2", "tools/call", 6.0);
+    assert_basic(&m, "probe-py2", "tcp");
+    assert_matches_wire(&m, "probe-py2", &summary);
+    assert_statuses(&m, "probe-py2", &summary);
     assert_clean(&m);
     agent.stop();
 }

@@ -250,6 +250,10 @@ impl Correlator {
                 if server_is_observer {
                     self.server_of_stream
                         .insert(obs.stream, ServerRef::Process(obs.tgid));
+                } else {
+                    // Remember the server this client's socket is connected to, in case
+                    // the request ends without a response.
+                    let _ = self.server_of(obs, false, obs.stream);
                 }
                 let overflow = &self.metrics.agent.label_overflow;
                 let method_label = self.methods.value(&method, overflow);
@@ -516,9 +520,12 @@ impl Correlator {
     }
 
     /// A syscall on an MCP connection failed (reset, broken pipe, timeout, ...).
-    pub fn on_connection_error(&mut self, obs: &Observation<'_>, reason: &'static str) {
-        // A connected socket is the client's end; an accepted one the server's.
-        let observer_is_server = obs.peer.is_none();
+    pub fn on_connection_error(
+        &mut self,
+        obs: &Observation<'_>,
+        observer_is_server: bool,
+        reason: &'static str,
+    ) {
         let server = self.server_of(obs, observer_is_server, obs.stream);
         let side = if observer_is_server {
             Side::Server

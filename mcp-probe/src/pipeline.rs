@@ -68,6 +68,8 @@ struct View {
     in_request: bool,
     /// HTTP: status and JSON-RPC request ids of the response being handled.
     response: Option<(u16, Vec<Id>)>,
+    /// HTTP: this process is the client of the connection (it sends the requests).
+    http_client: Option<bool>,
 }
 
 /// JSON-RPC requests carried by one HTTP request, waiting for its HTTP response.
@@ -190,6 +192,7 @@ impl<C: StreamControl> Pipeline<C> {
                 counted_resync: 0,
                 in_request: false,
                 response: None,
+                http_client: None,
             }
         });
         view.last_ts_ns = r.ts_ns;
@@ -364,14 +367,25 @@ impl<C: StreamControl> Pipeline<C> {
             addr: r.stream_id,
             ino: r.ino,
         };
-        // Whether this end accepted or connected decides the side: ask /proc while the
-        // socket still exists (errors come before the close).
-        let info = sockets::lookup(r.tgid, r.ino);
-        let transport = self
-            .sockets
-            .get(&stream)
-            .map_or(info.transport, |s| s.transport);
-        let peer = info.peer.map(|addr| self.servers.resolve(r.tgid, addr));
+        // The side: from the HTTP traffic seen on the connection, else from /proc (an
+        // accepted socket shares its port with a listener).
+        let views = [Direction::Write, Direction::Read].map(|d| self.views.get(&(stream, d)));
+        let known = views
+            .iter()
+            .flatten()
+            .find_map(|v| v.http_client.map(|c| (c, v.transport, v.peer.clone())));
+        let (client, transport, peer) = match known {
+            Some(k) => k,
+            None => {
+                let info = self
+                    .sockets
+                    .get(&stream)
+                    .cloned()
+                    .unwrap_or_else(|| sockets::lookup(r.tgid, r.ino));
+                let peer = info.peer.map(|p| self.servers.resolve(r.tgid, p));
+                (peer.is_some(), info.transport, peer)
+            }
+        };
         let reason = match r.detail {
             errno::ECONNRESET => "reset",
             errno::EPIPE => "broken_pipe",
@@ -390,7 +404,7 @@ impl<C: StreamControl> Pipeline<C> {
             ts_ns: r.ts_ns,
             size: 0,
         };
-        self.correlator.on_connection_error(&obs, reason);
+        self.correlator.on_connection_error(&obs, !client, reason);
     }
 
     fn on_http_event(
@@ -408,6 +422,7 @@ impl<C: StreamControl> Pipeline<C> {
                 is_request: true, ..
             } => {
                 view.in_request = true;
+                view.http_client = Some(obs.direction == Direction::Write);
                 let queue = self.http_in_flight.entry(stream).or_default();
                 if queue.len() >= MAX_HTTP_IN_FLIGHT {
                     queue.pop_front();
@@ -419,6 +434,7 @@ impl<C: StreamControl> Pipeline<C> {
                 status,
             } => {
                 view.in_request = false;
+                view.http_client = Some(obs.direction == Direction::Read);
                 let txn = self
                     .http_in_flight
                     .get_mut(&stream)

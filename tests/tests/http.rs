@@ -527,3 +527,58 @@ fn client_in_another_network_namespace_over_a_veth_pair() {
     assert_clean(&m);
     agent.stop();
 }
+
+/// A server that resets the connection mid-request: the client's failed read is a
+/// connection error, and the request that never got an answer is a cancellation on both
+/// sides.
+#[test]
+fn connection_reset_is_a_connection_error_and_aborts_the_request() {
+    let _guard = exclusive();
+    let agent = Agent::start();
+    let out = Command::new("python3")
+        .arg(harness("reset_peer.py"))
+        .output()
+        .expect("run reset_peer.py");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).expect("summary");
+    assert_eq!(summary["reset"], true, "the client saw ECONNRESET");
+    let m = agent.wait_for("the reset and both aborted requests", |m| {
+        m.sum("mcp_connection_errors_total", &[("reason", "reset")]) >= 1.0
+            && m.sum(
+                "mcp_client_request_cancellations_total",
+                &[("gen_ai_tool_name", "echo")],
+            ) >= 1.0
+            && m.sum(
+                "mcp_server_request_cancellations_total",
+                &[("gen_ai_tool_name", "echo")],
+            ) >= 1.0
+    });
+    assert_eq!(
+        m.sum(
+            "mcp_connection_errors_total",
+            &[
+                ("mcp_server_name", "reset_peer.py"),
+                ("side", "client"),
+                ("reason", "reset")
+            ]
+        ),
+        1.0,
+        "{}",
+        m.dump("mcp_")
+    );
+    for side in [CLIENT, SERVER] {
+        assert_eq!(
+            m.sum(
+                &format!("{side}_request_cancellations_total"),
+                &[("gen_ai_tool_name", "echo")]
+            ),
+            1.0,
+            "{side}"
+        );
+        assert_eq!(
+            m.sum(&format!("{side}_responses_total"), &[]),
+            0.0,
+            "{side}"
+        );
+    }
+    agent.stop();
+}

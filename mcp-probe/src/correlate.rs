@@ -52,6 +52,8 @@ pub struct Observation<'c> {
     /// For a socket connected to a server (not accepted): the server's address, used to
     /// name the server when its process is not on this host or not known.
     pub peer: Option<&'c ServerRef>,
+    /// The MCP session the message belongs to (HTTP transports), when known.
+    pub session: Option<&'c str>,
     /// Kernel time (CLOCK_MONOTONIC ns) at which the message was complete.
     pub ts_ns: u64,
     /// JSON bytes of the message (its share of a batch for batch elements).
@@ -106,6 +108,7 @@ struct Pending {
     transport: &'static str,
     /// The MCP server of this exchange is the observing process itself.
     server_is_observer: bool,
+    session: Option<Box<str>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -277,6 +280,7 @@ impl Correlator {
                         size: obs.size,
                         transport: obs.transport,
                         server_is_observer,
+                        session: obs.session.map(Box::from),
                     },
                 );
             }
@@ -358,14 +362,22 @@ impl Correlator {
 
     /// Index of the best candidate for `id`: same stream (sockets), else a stream of the
     /// same server (a client with several servers reusing ids), else the oldest.
-    fn candidate(&self, key: PendingKey, id: &Id, stream: StreamKey) -> Option<usize> {
+    fn candidate(
+        &self,
+        key: PendingKey,
+        id: &Id,
+        stream: StreamKey,
+        session: Option<&str>,
+    ) -> Option<usize> {
         let list = self.pending.get(&key)?.get(id)?;
+        let same_session = |p: &Pending| session.is_some() && p.session.as_deref() == session;
         let server = self.server_of_stream.get(&stream);
         let same_server =
             |p: &Pending| server.is_some() && self.server_of_stream.get(&p.stream) == server;
         Some(
             list.iter()
                 .position(|p| p.stream == stream)
+                .or_else(|| list.iter().position(same_session))
                 .or_else(|| list.iter().position(same_server))
                 .unwrap_or(0),
         )
@@ -392,8 +404,8 @@ impl Correlator {
         Some(p)
     }
 
-    fn take(&mut self, key: PendingKey, id: &Id, stream: StreamKey) -> Option<Pending> {
-        let index = self.candidate(key, id, stream)?;
+    fn take(&mut self, key: PendingKey, id: &Id, obs: &Observation<'_>) -> Option<Pending> {
+        let index = self.candidate(key, id, obs.stream, obs.session)?;
         self.take_at(key, id, index)
     }
 
@@ -407,7 +419,7 @@ impl Correlator {
             self.unpaired(obs);
             return;
         };
-        let Some(p) = self.take(key, &id, obs.stream) else {
+        let Some(p) = self.take(key, &id, obs) else {
             if self.finished_early.remove(&(key, id)).is_some() {
                 // The answer to a request already counted as cancelled or timed out.
                 self.metrics.agent.late_responses.inc();
@@ -480,7 +492,7 @@ impl Correlator {
             tgid: obs.tgid,
             direction: opposite(obs.direction),
         };
-        if self.candidate(key, &id, obs.stream).is_some() {
+        if self.candidate(key, &id, obs.stream, obs.session).is_some() {
             self.on_response(obs, Some(id), Outcome::Http(status));
         }
     }
@@ -549,7 +561,7 @@ impl Correlator {
             tgid: obs.tgid,
             direction: obs.direction,
         };
-        if let Some(p) = self.take(key, &id, obs.stream) {
+        if let Some(p) = self.take(key, &id, obs) {
             self.finish_early(key, id, p, Ending::Cancelled);
         }
     }
@@ -859,5 +871,76 @@ fn opposite(d: Direction) -> Direction {
     match d {
         Direction::Read => Direction::Write,
         Direction::Write => Direction::Read,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use prometheus_client::{encoding::text::encode, registry::Registry};
+
+    use super::*;
+    use crate::protocols::jsonrpc::{parse, Parsed};
+
+    fn message(text: &str) -> Message<'_> {
+        match parse(text.as_bytes()) {
+            Ok(Parsed::Single(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn sum(registry: &Registry, series: &str) -> f64 {
+        let mut text = String::new();
+        encode(&mut text, registry).expect("encode");
+        text.lines()
+            .filter(|l| l.starts_with(series))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Legacy HTTP+SSE: one client process, two sessions to the same server, the same
+    /// request id in both. Each response arrives on its session's GET stream and pairs with
+    /// the request of that session, not the oldest one.
+    #[test]
+    fn legacy_sessions_pair_by_session_id() {
+        let mut registry = Registry::default();
+        let metrics = Metrics::new(&mut registry);
+        let mut c = Correlator::new(CorrelatorConfig::default(), metrics);
+        let server = ServerRef::Endpoint(Arc::from("10.0.0.9:8000"));
+        let stream = |n| StreamKey { addr: n, ino: n };
+        let obs = |n: u64, direction, session, ts_ms: u64| Observation {
+            tgid: 7,
+            comm: "client",
+            direction,
+            stream: stream(n),
+            transport: "tcp",
+            peer: Some(&server),
+            session: Some(session),
+            ts_ns: ts_ms * 1_000_000,
+            size: 10,
+        };
+        let call = |tool: &str| {
+            format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"{tool}"}}}}"#
+            )
+        };
+        let (call_a, call_b) = (call("a"), call("b"));
+        let ok = r#"{"jsonrpc":"2.0","id":1,"result":{}}"#;
+        c.on_message(&obs(1, Direction::Write, "s1", 1), message(&call_a));
+        c.on_message(&obs(2, Direction::Write, "s2", 50), message(&call_b));
+        c.on_message(&obs(20, Direction::Read, "s2", 60), message(ok));
+        c.on_message(&obs(10, Direction::Read, "s1", 200), message(ok));
+        c.sweep(10_000_000_000); // settle the name
+        let tool_b = r#"mcp_client_operation_duration_seconds_sum{mcp_server_name="10.0.0.9:8000",mcp_method_name="tools/call",gen_ai_tool_name="b""#;
+        let tool_a = r#"mcp_client_operation_duration_seconds_sum{mcp_server_name="10.0.0.9:8000",mcp_method_name="tools/call",gen_ai_tool_name="a""#;
+        assert!(
+            (sum(&registry, tool_b) - 0.010).abs() < 1e-9,
+            "tool b paired with its own session"
+        );
+        assert!(
+            (sum(&registry, tool_a) - 0.199).abs() < 1e-9,
+            "tool a paired with its own session"
+        );
     }
 }

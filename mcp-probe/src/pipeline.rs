@@ -70,6 +70,9 @@ struct View {
     response: Option<(u16, Vec<Id>)>,
     /// HTTP: this process is the client of the connection (it sends the requests).
     http_client: Option<bool>,
+    /// HTTP: the MCP session of the message being handled (`mcp-session-id`, the
+    /// `session_id` of a legacy POST URL, or the legacy `endpoint` event of a GET stream).
+    session: Option<String>,
 }
 
 /// JSON-RPC requests carried by one HTTP request, waiting for its HTTP response.
@@ -193,6 +196,7 @@ impl<C: StreamControl> Pipeline<C> {
                 in_request: false,
                 response: None,
                 http_client: None,
+                session: None,
             }
         });
         view.last_ts_ns = r.ts_ns;
@@ -213,6 +217,7 @@ impl<C: StreamControl> Pipeline<C> {
             stream,
             transport: view.transport,
             peer: peer.as_ref(),
+            session: None,
             ts_ns: r.ts_ns,
             size: 0,
         };
@@ -329,6 +334,7 @@ impl<C: StreamControl> Pipeline<C> {
                 stream,
                 transport: view.transport,
                 peer: peer.as_ref(),
+                session: None,
                 ts_ns: r.ts_ns,
                 size: 0,
             };
@@ -352,6 +358,7 @@ impl<C: StreamControl> Pipeline<C> {
                 stream,
                 transport,
                 peer: peer.as_ref(),
+                session: None,
                 ts_ns: r.ts_ns,
                 size: 0,
             };
@@ -401,6 +408,7 @@ impl<C: StreamControl> Pipeline<C> {
             stream,
             transport,
             peer: peer.as_ref(),
+            session: None,
             ts_ns: r.ts_ns,
             size: 0,
         };
@@ -419,9 +427,12 @@ impl<C: StreamControl> Pipeline<C> {
         let stream = key.0;
         match event {
             OwnedHttpEvent::Head {
-                is_request: true, ..
+                is_request: true,
+                session,
+                ..
             } => {
                 view.in_request = true;
+                view.session = session;
                 view.http_client = Some(obs.direction == Direction::Write);
                 let queue = self.http_in_flight.entry(stream).or_default();
                 if queue.len() >= MAX_HTTP_IN_FLIGHT {
@@ -432,8 +443,12 @@ impl<C: StreamControl> Pipeline<C> {
             OwnedHttpEvent::Head {
                 is_request: false,
                 status,
+                session,
             } => {
                 view.in_request = false;
+                if session.is_some() {
+                    view.session = session;
+                }
                 view.http_client = Some(obs.direction == Direction::Read);
                 let txn = self
                     .http_in_flight
@@ -444,10 +459,18 @@ impl<C: StreamControl> Pipeline<C> {
                 self.correlator.on_http_response(obs, status);
             }
             OwnedHttpEvent::Message { bytes, endpoint } => {
-                if endpoint || bytes.iter().all(u8::is_ascii_whitespace) {
-                    return; // legacy `endpoint` event, or an empty priming event
+                if endpoint {
+                    // Legacy HTTP+SSE: the POST URL names the session of this GET stream.
+                    view.session = session_in_url(&String::from_utf8_lossy(&bytes));
+                    return;
                 }
-                let obs = Observation { ..*obs };
+                if bytes.iter().all(u8::is_ascii_whitespace) {
+                    return; // an empty priming event
+                }
+                let obs = Observation {
+                    session: view.session.as_deref(),
+                    ..*obs
+                };
                 let result = handle_text(&bytes, &obs, &mut self.correlator, &self.metrics);
                 if let (Ok(ids), true) = (&result, view.in_request) {
                     if let Some(txn) = self
@@ -518,8 +541,15 @@ impl<C: StreamControl> Pipeline<C> {
 
 /// An `HttpEvent` that owns its bytes, so it can outlive the framer's borrow.
 enum OwnedHttpEvent {
-    Head { is_request: bool, status: u16 },
-    Message { bytes: Vec<u8>, endpoint: bool },
+    Head {
+        is_request: bool,
+        status: u16,
+        session: Option<String>,
+    },
+    Message {
+        bytes: Vec<u8>,
+        endpoint: bool,
+    },
     Unparsable(&'static str),
     End,
     Invalid,
@@ -528,10 +558,17 @@ enum OwnedHttpEvent {
 impl From<HttpEvent<'_>> for OwnedHttpEvent {
     fn from(e: HttpEvent<'_>) -> Self {
         match e {
-            HttpEvent::Head(h) => OwnedHttpEvent::Head {
-                is_request: h.request.is_some(),
-                status: h.status,
-            },
+            HttpEvent::Head(h) => {
+                let from_url = h
+                    .request
+                    .as_ref()
+                    .and_then(|(_, path)| session_in_url(path));
+                OwnedHttpEvent::Head {
+                    is_request: h.request.is_some(),
+                    status: h.status,
+                    session: h.session_id.or(from_url),
+                }
+            }
             HttpEvent::Message { bytes, sse_event } => OwnedHttpEvent::Message {
                 bytes: bytes.to_vec(),
                 endpoint: sse_event == Some("endpoint"),
@@ -541,6 +578,16 @@ impl From<HttpEvent<'_>> for OwnedHttpEvent {
             HttpEvent::Invalid => OwnedHttpEvent::Invalid,
         }
     }
+}
+
+/// The session id in a legacy HTTP+SSE POST URL (`?session_id=` in Python, `?sessionId=`
+/// in TypeScript).
+fn session_in_url(url: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        (key == "session_id" || key == "sessionId").then(|| value.chars().take(128).collect())
+    })
 }
 
 /// Counts a text's outcome against its stream: JSON-RPC found, a broken message on a

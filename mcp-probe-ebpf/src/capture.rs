@@ -82,24 +82,9 @@ pub fn emit_syscall(
         return;
     };
     let vectored = syscall.is_vectored();
-    let header = EventHeader {
-        kind: EventKind::Data as u32,
-        syscall: syscall as u32,
-        // SAFETY: helper without preconditions.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        tgid: (pid_tgid >> 32) as u32,
-        tid: pid_tgid as u32,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-        stream_id: fd.stream_id,
-        ino: fd.ino,
-        stream_kind: fd.kind,
-        fd: inflight.fd,
-        stream_offset,
-        syscall_len: len,
-        syscall_offset: 0,
-        captured_len: 0,
-        detail: 0,
-    };
+    let mut header = record_header(pid_tgid, inflight.fd, syscall, fd, EventKind::Data, 0, 0);
+    header.stream_offset = stream_offset;
+    header.syscall_len = len;
     // SAFETY: valid per-CPU map value; nothing else runs on this CPU meanwhile.
     unsafe {
         core::ptr::addr_of_mut!((*s).header).write(header);
@@ -199,7 +184,7 @@ pub fn emit_socket_info(pid_tgid: u64, fd: u32, syscall: Syscall, state: &FdStat
         return;
     };
     let record = entry.as_mut_ptr();
-    let header = notice_header(
+    let header = record_header(
         pid_tgid,
         fd,
         syscall,
@@ -226,7 +211,7 @@ pub fn emit_socket_info(pid_tgid: u64, fd: u32, syscall: Syscall, state: &FdStat
 }
 
 #[inline(always)]
-fn notice_header(
+fn record_header(
     pid_tgid: u64,
     fd: u32,
     syscall: Syscall,
@@ -269,7 +254,7 @@ pub fn emit_notice(
         stats::add(Stat::RingbufFullRecords, 1);
         return;
     };
-    entry.write(notice_header(pid_tgid, fd, syscall, state, kind, detail, 0));
+    entry.write(record_header(pid_tgid, fd, syscall, state, kind, detail, 0));
     entry.submit(wakeup_flags(EVENT_HEADER_LEN as u64));
     stats::add(Stat::RecordsSubmitted, 1);
 }

@@ -136,10 +136,6 @@ fn run(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-fn quiet_ok(cmd: &mut Command) -> bool {
-    cmd.output().map(|o| o.status.success()).unwrap_or(false)
-}
-
 fn setup_build() -> Result<()> {
     let has_rust_src = Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
@@ -152,21 +148,39 @@ fn setup_build() -> Result<()> {
         .unwrap_or(false);
     if !has_rust_src {
         eprintln!("setup: installing nightly rust-src (needed to build the eBPF object)");
-        if !quiet_ok(Command::new("rustup").args(["toolchain", "list"])) {
-            bail!("rustup is required");
+        let toolchains = Command::new("rustup")
+            .args(["toolchain", "list"])
+            .output()
+            .context("rustup is required")?;
+        let has_nightly = String::from_utf8_lossy(&toolchains.stdout)
+            .lines()
+            .any(|l| l.starts_with("nightly"));
+        if has_nightly {
+            // Add the component to the nightly that is there; never update the toolchain.
+            run(
+                Command::new("rustup").args([
+                    "component",
+                    "add",
+                    "rust-src",
+                    "--toolchain",
+                    "nightly",
+                ]),
+                "rustup component add rust-src",
+            )?;
+        } else {
+            run(
+                Command::new("rustup").args([
+                    "toolchain",
+                    "install",
+                    "nightly",
+                    "--profile",
+                    "minimal",
+                    "--component",
+                    "rust-src",
+                ]),
+                "rustup toolchain install nightly",
+            )?;
         }
-        run(
-            Command::new("rustup").args([
-                "toolchain",
-                "install",
-                "nightly",
-                "--profile",
-                "minimal",
-                "--component",
-                "rust-src",
-            ]),
-            "rustup toolchain install nightly",
-        )?;
     }
     let linker_ok = Command::new("bpf-linker")
         .arg("--version")

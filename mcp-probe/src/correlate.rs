@@ -804,6 +804,25 @@ impl Correlator {
         self.processes.sweep();
     }
 
+    /// Every server process known from traffic, with its current (capped) name.
+    pub fn server_processes(&mut self) -> Vec<(u32, String)> {
+        let mut tgids: Vec<u32> = self
+            .server_of_stream
+            .values()
+            .chain(self.settled.iter())
+            .filter_map(|s| match s {
+                ServerRef::Process(tgid) => Some(*tgid),
+                ServerRef::Endpoint(_) => None,
+            })
+            .collect();
+        tgids.sort_unstable();
+        tgids.dedup();
+        tgids
+            .into_iter()
+            .map(|t| (t, self.server_name(Some(&ServerRef::Process(t)))))
+            .collect()
+    }
+
     /// Forgets what was learned about a stream that is no longer followed.
     pub fn forget_stream(&mut self, stream: StreamKey) {
         self.server_of_stream.remove(&stream);

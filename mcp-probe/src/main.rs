@@ -6,6 +6,7 @@
 
 mod correlate;
 mod decode;
+mod health;
 mod identity;
 mod kernel_offsets;
 mod loader;
@@ -128,6 +129,7 @@ fn main() -> anyhow::Result<()> {
             max_message_bytes: args.max_message_bytes,
         },
         correlator,
+        health::Health::new(metrics.health.clone()),
         metrics.agent.clone(),
         streams,
     );

@@ -5,7 +5,7 @@
 //! metrics are measured in the process that *sent* a request or notification, `server`
 //! metrics in the process that *received* it. The agent's own health is under `mcp_probe_`.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::atomic::AtomicU64};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -381,12 +381,81 @@ impl HttpMetrics {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerLabels {
+    pub mcp_server_name: String,
+}
+
+type F64Gauge = Gauge<f64, AtomicU64>;
+type F64Counter = Counter<f64, AtomicU64>;
+
+/// Health of MCP server processes and of the agent, from /proc.
+#[derive(Clone, Default)]
+pub struct HealthMetrics {
+    pub processes: Family<ServerLabels, Gauge>,
+    pub uptime: Family<ServerLabels, F64Gauge>,
+    pub resident_memory: Family<ServerLabels, Gauge>,
+    pub open_fds: Family<ServerLabels, Gauge>,
+    pub threads: Family<ServerLabels, Gauge>,
+    pub cpu_seconds: Family<ServerLabels, F64Counter>,
+    pub agent_resident_memory: Gauge,
+    pub agent_cpu_seconds: F64Counter,
+}
+
+impl HealthMetrics {
+    fn register(r: &mut Registry) -> Self {
+        let m = Self::default();
+        r.register(
+            "mcp_server_processes",
+            "Live processes of each MCP server (identified from its traffic)",
+            m.processes.clone(),
+        );
+        r.register(
+            "mcp_server_uptime_seconds",
+            "Uptime of the youngest live process of each MCP server",
+            m.uptime.clone(),
+        );
+        r.register(
+            "mcp_server_resident_memory_bytes",
+            "Resident memory of the live processes of each MCP server",
+            m.resident_memory.clone(),
+        );
+        r.register(
+            "mcp_server_open_fds",
+            "Open file descriptors of the live processes of each MCP server",
+            m.open_fds.clone(),
+        );
+        r.register(
+            "mcp_server_threads",
+            "Threads of the live processes of each MCP server",
+            m.threads.clone(),
+        );
+        r.register(
+            "mcp_server_cpu_seconds",
+            "CPU time (user + system) used by each MCP server's processes while the agent watched",
+            m.cpu_seconds.clone(),
+        );
+        r.register(
+            "mcp_probe_resident_memory_bytes",
+            "The agent's resident memory",
+            m.agent_resident_memory.clone(),
+        );
+        r.register(
+            "mcp_probe_cpu_seconds",
+            "CPU time (user + system) the agent used",
+            m.agent_cpu_seconds.clone(),
+        );
+        m
+    }
+}
+
 /// Everything exported.
 #[derive(Clone)]
 pub struct Metrics {
     pub client: SideMetrics,
     pub server: SideMetrics,
     pub http: HttpMetrics,
+    pub health: HealthMetrics,
     pub agent: AgentMetrics,
 }
 
@@ -396,6 +465,7 @@ impl Metrics {
             client: SideMetrics::register(registry, "client", "sender"),
             server: SideMetrics::register(registry, "server", "receiver"),
             http: HttpMetrics::register(registry),
+            health: HealthMetrics::register(registry),
             agent: AgentMetrics::register(registry),
         }
     }

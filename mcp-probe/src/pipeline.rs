@@ -12,6 +12,7 @@ use mcp_probe_common::{errno, Direction, EventKind, StreamKind};
 use crate::{
     correlate::{Correlator, Observation, ServerRef, StreamKey},
     decode::{decode, Record},
+    health::Health,
     metrics::{AgentMetrics, ReasonLabels},
     protocols::{
         http::{starts_http, HttpEvent, HttpFramer},
@@ -90,6 +91,7 @@ pub struct Pipeline<C: StreamControl> {
     sockets: HashMap<StreamKey, sockets::SocketInfo>,
     servers: sockets::Servers,
     pub correlator: Correlator,
+    health: Health,
     metrics: AgentMetrics,
     control: C,
 }
@@ -98,6 +100,7 @@ impl<C: StreamControl> Pipeline<C> {
     pub fn new(
         config: PipelineConfig,
         correlator: Correlator,
+        health: Health,
         metrics: AgentMetrics,
         control: C,
     ) -> Self {
@@ -108,6 +111,7 @@ impl<C: StreamControl> Pipeline<C> {
             sockets: HashMap::new(),
             servers: sockets::Servers::default(),
             correlator,
+            health,
             metrics,
             control,
         }
@@ -518,6 +522,8 @@ impl<C: StreamControl> Pipeline<C> {
     /// Periodic work: timeouts and idle views. `now_ns` is CLOCK_MONOTONIC.
     pub fn sweep(&mut self, now_ns: u64) {
         self.correlator.sweep(now_ns);
+        let servers = self.correlator.server_processes();
+        self.health.update(&servers);
         self.views
             .retain(|_, v| now_ns.saturating_sub(v.last_ts_ns) < IDLE_VIEW_NS);
         let views = &self.views;
@@ -745,6 +751,7 @@ mod tests {
                     max_message_bytes: 1 << 20,
                 },
                 correlator,
+                Health::new(metrics.health.clone()),
                 metrics.agent,
                 Ignored::default(),
             ),

@@ -1,0 +1,137 @@
+//! Health of the MCP server processes the agent has identified, and of the agent itself,
+//! read from /proc with `procfs` on the sweep.
+//!
+//! Per server name: the number of live processes, the youngest one's uptime (a restart
+//! loop shows as an uptime that keeps falling back), the sum of their resident memory,
+//! open descriptors and threads, and a monotonic CPU-seconds counter fed by the CPU time
+//! each live process used since the previous sweep. Series of a server disappear once no
+//! process of it is alive.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::metrics::{HealthMetrics, ServerLabels};
+
+/// What one sweep learns about a process.
+struct Sample {
+    start_ticks: u64,
+    cpu_ticks: u64,
+    rss_bytes: u64,
+    fds: u64,
+    threads: u64,
+}
+
+fn sample(tgid: u32) -> Option<Sample> {
+    let p = procfs::process::Process::new(tgid as i32).ok()?;
+    let stat = p.stat().ok()?;
+    Some(Sample {
+        start_ticks: stat.starttime,
+        cpu_ticks: stat.utime + stat.stime,
+        rss_bytes: stat.rss * procfs::page_size(),
+        fds: p.fd_count().map(|n| n as u64).unwrap_or(0),
+        threads: stat.num_threads.max(0) as u64,
+    })
+}
+
+fn uptime_since_boot() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+pub struct Health {
+    metrics: HealthMetrics,
+    ticks: f64,
+    /// tgid -> (start time, CPU ticks at the previous sweep), to turn CPU time into a counter.
+    last_cpu: HashMap<u32, (u64, u64)>,
+    /// Server names that have series now.
+    exported: HashSet<String>,
+    agent_cpu_ticks: u64,
+}
+
+impl Health {
+    pub fn new(metrics: HealthMetrics) -> Self {
+        Self {
+            metrics,
+            ticks: procfs::ticks_per_second() as f64,
+            last_cpu: HashMap::new(),
+            exported: HashSet::new(),
+            agent_cpu_ticks: 0,
+        }
+    }
+
+    /// `servers`: every live server process the agent knows, with its settled name.
+    pub fn update(&mut self, servers: &[(u32, String)]) {
+        let now = uptime_since_boot().unwrap_or(0.0);
+        #[derive(Default)]
+        struct Totals {
+            processes: i64,
+            youngest_uptime: Option<f64>,
+            rss: u64,
+            fds: u64,
+            threads: u64,
+            cpu_delta_ticks: u64,
+        }
+        let mut by_name: HashMap<&str, Totals> = HashMap::new();
+        let mut seen = HashSet::new();
+        for (tgid, name) in servers {
+            let Some(s) = sample(*tgid) else { continue };
+            seen.insert(*tgid);
+            let t = by_name.entry(name.as_str()).or_default();
+            t.processes += 1;
+            let uptime = (now - s.start_ticks as f64 / self.ticks).max(0.0);
+            t.youngest_uptime = Some(t.youngest_uptime.map_or(uptime, |u: f64| u.min(uptime)));
+            t.rss += s.rss_bytes;
+            t.fds += s.fds;
+            t.threads += s.threads;
+            let previous = self.last_cpu.insert(*tgid, (s.start_ticks, s.cpu_ticks));
+            // A process first seen counts from now; a reused pid (other start time) too.
+            t.cpu_delta_ticks += match previous {
+                Some((start, cpu)) if start == s.start_ticks => s.cpu_ticks.saturating_sub(cpu),
+                _ => 0,
+            };
+        }
+        self.last_cpu.retain(|tgid, _| seen.contains(tgid));
+        let m = &self.metrics;
+        for (name, t) in &by_name {
+            let labels = ServerLabels {
+                mcp_server_name: (*name).to_owned(),
+            };
+            m.processes.get_or_create(&labels).set(t.processes);
+            m.uptime
+                .get_or_create(&labels)
+                .set(t.youngest_uptime.unwrap_or(0.0));
+            m.resident_memory.get_or_create(&labels).set(t.rss as i64);
+            m.open_fds.get_or_create(&labels).set(t.fds as i64);
+            m.threads.get_or_create(&labels).set(t.threads as i64);
+            m.cpu_seconds
+                .get_or_create(&labels)
+                .inc_by(t.cpu_delta_ticks as f64 / self.ticks);
+        }
+        // Servers with no live process: their series go (the CPU counter too; a returning
+        // server starts it again, which rate() handles as a counter reset).
+        let live: HashSet<String> = by_name.keys().map(|n| (*n).to_owned()).collect();
+        for gone in self.exported.difference(&live) {
+            let labels = ServerLabels {
+                mcp_server_name: gone.clone(),
+            };
+            m.processes.remove(&labels);
+            m.uptime.remove(&labels);
+            m.resident_memory.remove(&labels);
+            m.open_fds.remove(&labels);
+            m.threads.remove(&labels);
+            m.cpu_seconds.remove(&labels);
+        }
+        self.exported = live;
+        self.update_agent();
+    }
+
+    fn update_agent(&mut self) {
+        let Some(s) = sample(std::process::id()) else {
+            return;
+        };
+        let m = &self.metrics;
+        m.agent_resident_memory.set(s.rss_bytes as i64);
+        m.agent_cpu_seconds
+            .inc_by(s.cpu_ticks.saturating_sub(self.agent_cpu_ticks) as f64 / self.ticks);
+        self.agent_cpu_ticks = s.cpu_ticks;
+    }
+}

@@ -1,0 +1,139 @@
+//! Root integration tests for server health: figures checked against /proc.
+
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use integration_tests::{exclusive, harness, py2, Agent};
+
+/// Kills the child if the test fails half-way, so no session outlives it.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn proc_status(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"))
+}
+
+#[test]
+fn server_process_figures_match_proc_and_go_away_after_exit() {
+    let _guard = exclusive();
+    let agent = Agent::start();
+    let stop_file = std::env::temp_dir().join(format!("mcp-probe-health-{}", std::process::id()));
+    let _ = std::fs::remove_file(&stop_file);
+    let client = Command::new(py2())
+        .arg(harness("client.py"))
+        .args([
+            "--scenario",
+            "hold",
+            "--stop-file",
+            &stop_file.display().to_string(),
+            "--",
+        ])
+        .arg(py2())
+        .arg(harness("py2_server.py"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hold client");
+    let mut client = KillOnDrop(client);
+    let name = "probe-py2";
+    let m = agent.wait_for("health series for the server", |m| {
+        m.sum("mcp_server_processes", &[("mcp_server_name", name)]) == 1.0
+            && m.sum("mcp_server_cpu_seconds_total", &[("mcp_server_name", name)]) >= 0.0
+    });
+    // The server: the process whose program is py2_server.py (its client names it last).
+    let out = Command::new("pgrep")
+        .args(["-f", "py2_server.py"])
+        .output()
+        .expect("pgrep");
+    let cmdline =
+        |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .filter(|pid| {
+            cmdline(pid)
+                .split('\0')
+                .nth(1)
+                .is_some_and(|a| a.ends_with("py2_server.py"))
+        })
+        .collect();
+    assert_eq!(pids.len(), 1, "one server process: {pids:?}");
+    let pid = pids[0];
+    let rss = m.sum(
+        "mcp_server_resident_memory_bytes",
+        &[("mcp_server_name", name)],
+    );
+    let proc_rss = proc_status(pid, "VmRSS:") * 1024.0;
+    assert!(
+        (rss - proc_rss).abs() <= proc_rss * 0.2,
+        "RSS {rss} vs /proc {proc_rss}"
+    );
+    let threads = m.sum("mcp_server_threads", &[("mcp_server_name", name)]);
+    let proc_threads = proc_status(pid, "Threads:");
+    assert!(
+        (threads - proc_threads).abs() <= 2.0,
+        "threads {threads} vs /proc {proc_threads}"
+    );
+    let fds = m.sum("mcp_server_open_fds", &[("mcp_server_name", name)]);
+    let proc_fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fd dir")
+        .count() as f64;
+    assert!(
+        (fds - proc_fds).abs() <= 2.0,
+        "fds {fds} vs /proc {proc_fds}"
+    );
+    let uptime = m.sum("mcp_server_uptime_seconds", &[("mcp_server_name", name)]);
+    let elapsed = {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+        let start_ticks: f64 = stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(19)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let boot_uptime: f64 = std::fs::read_to_string("/proc/uptime")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        boot_uptime - start_ticks / 100.0
+    };
+    assert!(
+        (uptime - elapsed).abs() <= 3.0,
+        "uptime {uptime} vs /proc {elapsed}"
+    );
+    assert!(m.sum("mcp_probe_resident_memory_bytes", &[]) > 0.0);
+
+    // The server exits with its client: its series go.
+    std::fs::write(&stop_file, b"stop").expect("stop file");
+    assert!(client.0.wait().expect("client exits").success());
+    std::thread::sleep(Duration::from_millis(500));
+    agent.wait_for("the exited server's series to go", |m| {
+        m.sum("mcp_server_processes", &[("mcp_server_name", name)]) == 0.0
+            && m.sum(
+                "mcp_server_resident_memory_bytes",
+                &[("mcp_server_name", name)],
+            ) == 0.0
+    });
+    let _ = std::fs::remove_file(&stop_file);
+    agent.stop();
+}

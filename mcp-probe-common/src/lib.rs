@@ -17,6 +17,9 @@ pub const FDS_MAP: &str = "FDS";
 pub const STREAMS_MAP: &str = "STREAMS";
 /// Name of the global holding [`KernelOffsets`].
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
+/// Name of the map of MCP server processes whose exit the kernel reports.
+pub const SERVERS_MAP: &str = "SERVERS";
+pub const SERVERS_ENTRIES: u32 = 4096;
 /// Name of the global holding the wake-up threshold in bytes (u64).
 pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
 
@@ -53,6 +56,9 @@ pub enum EventKind {
     Error = 4,
     /// Sent once when a socket starts being followed: a [`SocketInfo`] follows the header.
     SocketInfo = 5,
+    /// A watched MCP server process exited; `detail` is its exit status as wait(2) encodes
+    /// it (exit code << 8, or the terminating signal).
+    ProcessExit = 6,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -64,6 +70,7 @@ impl TryFrom<u32> for EventKind {
             3 => Ok(Self::Close),
             4 => Ok(Self::Error),
             5 => Ok(Self::SocketInfo),
+            6 => Ok(Self::ProcessExit),
             other => Err(other),
         }
     }
@@ -363,6 +370,9 @@ pub struct KernelOffsets {
     pub unix_sock_peer: u64,
     pub unix_sock_addr: u64,
     pub unix_address_name: u64,
+    pub task_struct_exit_code: u64,
+    /// Offset of `group_dead` in the `sched:sched_process_exit` record, 0 when absent.
+    pub exit_group_dead: u64,
     /// Offset of `child_pid` in the `sched:sched_process_fork` tracepoint record.
     pub fork_child_pid: u64,
 }

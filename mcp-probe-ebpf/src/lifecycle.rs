@@ -2,14 +2,17 @@
 //! or inherited by a new process or program must be classified again.
 
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 
 use mcp_probe_common::{EventKind, Syscall};
 
 use crate::{
+    capture,
     io::{fd_key, report_on_followed_socket},
-    maps::{offsets, FDS},
+    maps::{offsets, FDS, SERVERS},
 };
 
 /// Descriptors forgotten at fork and exec (stdio and the first few others).
@@ -51,6 +54,37 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     forget_low_fds(bpf_get_current_pid_tgid() >> 32);
+    0
+}
+
+/// A watched MCP server's last thread exits: report its exit status (restarts and crash
+/// loops are counted from these). Every other process exit costs one map lookup.
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: copied out at once.
+    if unsafe { SERVERS.get(tgid) }.is_none() {
+        return 0;
+    }
+    let off = offsets();
+    let last_thread = if off.exit_group_dead != 0 {
+        // SAFETY: offset read from the tracepoint's format file by the agent.
+        unsafe { ctx.read_at::<u8>(off.exit_group_dead as usize) }.is_ok_and(|dead| dead != 0)
+    } else {
+        pid_tgid as u32 == tgid
+    };
+    if !last_thread {
+        return 0;
+    }
+    let _ = SERVERS.remove(tgid);
+    // SAFETY: reading the current task through the helper, failure handled.
+    let status = unsafe {
+        let task = bpf_get_current_task();
+        bpf_probe_read_kernel((task + off.task_struct_exit_code) as *const i32)
+    }
+    .unwrap_or(-1);
+    capture::emit_process_exit(pid_tgid, status as u32);
     0
 }
 

@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LruHashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use mcp_probe_common::{
     FdState, KernelOffsets, StreamState, DEFAULT_RING_BYTES, FDS_ENTRIES, INFLIGHT_ENTRIES,
-    STAT_COUNT, STREAMS_ENTRIES,
+    SERVERS_ENTRIES, STAT_COUNT, STREAMS_ENTRIES,
 };
 
 /// Records for the agent: an `EventHeader` then the captured bytes. The agent resizes it
@@ -28,6 +28,10 @@ pub static FDS: LruHashMap<u64, FdState> = LruHashMap::with_max_entries(FDS_ENTR
 /// ends of a pipe, so the writer's verdict also applies to the reader.
 #[map]
 pub static STREAMS: LruHashMap<u64, StreamState> = LruHashMap::with_max_entries(STREAMS_ENTRIES, 0);
+
+/// Key tgid -> 1: MCP server processes (set by the agent) whose exit is reported.
+#[map]
+pub static SERVERS: HashMap<u32, u32> = HashMap::with_max_entries(SERVERS_ENTRIES, 0);
 
 /// Key pid_tgid -> the arguments of a read/write-family syscall between entry and exit.
 #[map]
@@ -68,6 +72,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     unix_sock_peer: 0,
     unix_sock_addr: 0,
     unix_address_name: 0,
+    task_struct_exit_code: 0,
+    exit_group_dead: 0,
     fork_child_pid: 0,
 };
 

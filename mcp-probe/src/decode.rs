@@ -62,7 +62,11 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     let h: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     let kind = EventKind::try_from(h.kind).map_err(DecodeError::Kind)?;
     let syscall = Syscall::try_from(h.syscall).map_err(DecodeError::Syscall)?;
-    let stream_kind = StreamKind::try_from(h.stream_kind).map_err(DecodeError::StreamKind)?;
+    let stream_kind = match kind {
+        // Not about a stream: the stream fields are zero and unused.
+        EventKind::ProcessExit => StreamKind::Pipe,
+        _ => StreamKind::try_from(h.stream_kind).map_err(DecodeError::StreamKind)?,
+    };
     let body = &bytes[EVENT_HEADER_LEN..];
     let claimed = h.captured_len as usize;
     if claimed > body.len() {
@@ -139,6 +143,17 @@ mod tests {
         assert_eq!((r.tgid, r.fd, r.stream_offset, r.ino), (7, 1, 100, 1234));
         assert_eq!(r.comm(), "python3");
         assert_eq!(r.direction(), Direction::Write);
+    }
+
+    #[test]
+    fn process_exit_records_carry_no_stream() {
+        let mut h = header(0);
+        h.kind = EventKind::ProcessExit as u32;
+        h.stream_kind = 0;
+        h.detail = 9;
+        let bytes = encode(&h, b"");
+        let r = decode(&bytes).expect("an exit record has no stream kind");
+        assert_eq!((r.kind, r.detail, r.tgid), (EventKind::ProcessExit, 9, 7));
     }
 
     #[test]

@@ -7,9 +7,15 @@
 //! each live process used since the previous sweep. Series of a server disappear once no
 //! process of it is alive.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
-use crate::metrics::{HealthMetrics, ServerLabels};
+use crate::metrics::{ExitLabels, HealthMetrics, ServerLabels};
+
+/// A server process appearing within this long of one of its name exiting is a restart.
+const RESTART_WINDOW: Duration = Duration::from_secs(300);
 
 /// What one sweep learns about a process.
 struct Sample {
@@ -44,6 +50,10 @@ pub struct Health {
     last_cpu: HashMap<u32, (u64, u64)>,
     /// Server names that have series now.
     exported: HashSet<String>,
+    /// Live server processes and their names at the last sweep (exits are named from it).
+    names: HashMap<u32, String>,
+    /// Server name -> when one of its processes last exited (for restart detection).
+    recent_exits: HashMap<String, Instant>,
     agent_cpu_ticks: u64,
 }
 
@@ -54,12 +64,59 @@ impl Health {
             ticks: procfs::ticks_per_second() as f64,
             last_cpu: HashMap::new(),
             exported: HashSet::new(),
+            names: HashMap::new(),
+            recent_exits: HashMap::new(),
             agent_cpu_ticks: 0,
         }
     }
 
+    /// A watched server process exited with wait(2) status `status`.
+    pub fn on_exit(&mut self, tgid: u32, status: u32) {
+        let Some(name) = self.names.remove(&tgid) else {
+            return;
+        };
+        let status = match (status & 0x7f, (status >> 8) & 0xff) {
+            (0, code) => format!("exit_{code}"),
+            (signal, _) => format!("signal_{signal}"),
+        };
+        self.metrics
+            .exits
+            .get_or_create(&ExitLabels {
+                mcp_server_name: name.clone(),
+                status,
+            })
+            .inc();
+        if self.recent_exits.len() < 4096 {
+            self.recent_exits.insert(name, Instant::now());
+        }
+        self.last_cpu.remove(&tgid);
+    }
+
     /// `servers`: every live server process the agent knows, with its settled name.
     pub fn update(&mut self, servers: &[(u32, String)]) {
+        // A new process of a server that exited recently is a restart.
+        for (tgid, name) in servers {
+            if self.names.contains_key(tgid) {
+                continue;
+            }
+            self.names.insert(*tgid, name.clone());
+            if self
+                .recent_exits
+                .remove(name)
+                .is_some_and(|at| at.elapsed() < RESTART_WINDOW)
+            {
+                self.metrics
+                    .restarts
+                    .get_or_create(&ServerLabels {
+                        mcp_server_name: name.clone(),
+                    })
+                    .inc();
+            }
+        }
+        self.names
+            .retain(|tgid, _| servers.iter().any(|(t, _)| t == tgid));
+        self.recent_exits
+            .retain(|_, at| at.elapsed() < RESTART_WINDOW);
         let now = uptime_since_boot().unwrap_or(0.0);
         #[derive(Default)]
         struct Totals {

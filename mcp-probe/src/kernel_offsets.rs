@@ -34,6 +34,7 @@ pub fn load(tracefs: &str) -> Result<KernelOffsets, OffsetsError> {
     })?;
     let off = |strukt, member| member_offset(&btf, strukt, member);
     let fork_format = format!("{tracefs}/events/sched/sched_process_fork/format");
+    let exit_format = format!("{tracefs}/events/sched/sched_process_exit/format");
     Ok(KernelOffsets {
         task_struct_files: off("task_struct", "files")?,
         files_struct_fdt: off("files_struct", "fdt")?,
@@ -54,6 +55,8 @@ pub fn load(tracefs: &str) -> Result<KernelOffsets, OffsetsError> {
         unix_sock_peer: off("unix_sock", "peer")?,
         unix_sock_addr: off("unix_sock", "addr")?,
         unix_address_name: off("unix_address", "name")?,
+        task_struct_exit_code: off("task_struct", "exit_code")?,
+        exit_group_dead: tracepoint_field_offset(&exit_format, "group_dead").unwrap_or(0),
         fork_child_pid: tracepoint_field_offset(&fork_format, "child_pid")?,
     })
 }

@@ -8,7 +8,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use mcp_probe_common::{
-    verdict, StreamState, EVENTS_MAP, OFFSETS_GLOBAL, STATS_MAP, STREAMS_MAP, WAKEUP_BYTES_GLOBAL,
+    verdict, StreamState, EVENTS_MAP, OFFSETS_GLOBAL, SERVERS_MAP, STATS_MAP, STREAMS_MAP,
+    WAKEUP_BYTES_GLOBAL,
 };
 
 use crate::{kernel_offsets, pipeline::StreamControl};
@@ -69,6 +70,7 @@ const HOOKS: &[(&str, &str, &str)] = &[
     ("sys_enter_dup3", "syscalls", "sys_enter_dup3"),
     ("sched_process_fork", "sched", "sched_process_fork"),
     ("sched_process_exec", "sched", "sched_process_exec"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
 ];
 
 pub struct Loaded {
@@ -165,6 +167,8 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_err(|e| LoadError::Map(EVENTS_MAP, e.to_string()))?;
     let stats = PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?)
         .map_err(|e| LoadError::Map(STATS_MAP, e.to_string()))?;
+    let servers = BpfHashMap::try_from(take(&mut ebpf, SERVERS_MAP)?)
+        .map_err(|e| LoadError::Map(SERVERS_MAP, e.to_string()))?;
     let streams = BpfHashMap::try_from(take(&mut ebpf, STREAMS_MAP)?)
         .map_err(|e| LoadError::Map(STREAMS_MAP, e.to_string()))?;
     tracing::debug!(fd = events.as_raw_fd(), "ring buffer ready");
@@ -172,7 +176,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         ebpf,
         events,
         stats,
-        streams: KernelStreams(streams),
+        streams: KernelStreams { streams, servers },
         kernel_log,
         attached,
     })
@@ -183,16 +187,26 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError
         .ok_or_else(|| LoadError::Map(name, "not in object".into()))
 }
 
-/// The kernel's per-stream state, used to drop streams the agent found not to be JSON-RPC.
-pub struct KernelStreams(pub BpfHashMap<MapData, u64, StreamState>);
+/// The kernel maps the agent writes: per-stream verdicts (to drop streams found not to be
+/// JSON-RPC) and the server processes whose exits are reported.
+pub struct KernelStreams {
+    streams: BpfHashMap<MapData, u64, StreamState>,
+    servers: BpfHashMap<MapData, u32, u32>,
+}
 
 impl StreamControl for KernelStreams {
+    fn watch_server(&mut self, tgid: u32) {
+        if let Err(e) = self.servers.insert(tgid, 1, 0) {
+            tracing::debug!(tgid, error = %e, "cannot watch server process");
+        }
+    }
+
     fn ignore_stream(&mut self, stream_id: u64) {
-        let Ok(mut state) = self.0.get(&stream_id, 0) else {
+        let Ok(mut state) = self.streams.get(&stream_id, 0) else {
             return;
         };
         state.verdict = verdict::IGNORED;
-        if let Err(e) = self.0.insert(stream_id, state, 0) {
+        if let Err(e) = self.streams.insert(stream_id, state, 0) {
             tracing::debug!(stream_id, error = %e, "could not mark stream ignored");
         }
     }

@@ -386,6 +386,13 @@ pub struct ServerLabels {
     pub mcp_server_name: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ExitLabels {
+    pub mcp_server_name: String,
+    /// `exit_<code>` or `signal_<number>`.
+    pub status: String,
+}
+
 type F64Gauge = Gauge<f64, AtomicU64>;
 type F64Counter = Counter<f64, AtomicU64>;
 
@@ -398,6 +405,8 @@ pub struct HealthMetrics {
     pub open_fds: Family<ServerLabels, Gauge>,
     pub threads: Family<ServerLabels, Gauge>,
     pub cpu_seconds: Family<ServerLabels, F64Counter>,
+    pub exits: Family<ExitLabels, Counter>,
+    pub restarts: Family<ServerLabels, Counter>,
     pub agent_resident_memory: Gauge,
     pub agent_cpu_seconds: F64Counter,
 }
@@ -434,6 +443,16 @@ impl HealthMetrics {
             "mcp_server_cpu_seconds",
             "CPU time (user + system) used by each MCP server's processes while the agent watched",
             m.cpu_seconds.clone(),
+        );
+        r.register(
+            "mcp_server_exits",
+            "Exits of MCP server processes, by status (exit_<code> or signal_<number>)",
+            m.exits.clone(),
+        );
+        r.register(
+            "mcp_server_restarts",
+            "A new process of an MCP server appeared within 5 minutes of one of its processes exiting",
+            m.restarts.clone(),
         );
         r.register(
             "mcp_probe_resident_memory_bytes",

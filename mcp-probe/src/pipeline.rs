@@ -5,7 +5,7 @@
 //! wrote, or the bytes the other side read. Each view has its own framer, and checks the
 //! kernel's stream offsets so that a loss is noticed and the framer resynchronises.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use mcp_probe_common::{errno, Direction, EventKind, StreamKind};
 
@@ -25,6 +25,8 @@ use crate::{
 /// Tells the kernel to stop following a stream (it carries JSON but not JSON-RPC).
 pub trait StreamControl {
     fn ignore_stream(&mut self, stream_id: u64);
+    /// Asks the kernel to report when this server process exits.
+    fn watch_server(&mut self, tgid: u32);
 }
 
 /// A stream with this many framed lines and none of them JSON-RPC is dropped.
@@ -92,6 +94,8 @@ pub struct Pipeline<C: StreamControl> {
     servers: sockets::Servers,
     pub correlator: Correlator,
     health: Health,
+    /// Server processes whose exit the kernel was asked to report.
+    watched: HashSet<u32>,
     metrics: AgentMetrics,
     control: C,
 }
@@ -112,6 +116,7 @@ impl<C: StreamControl> Pipeline<C> {
             servers: sockets::Servers::default(),
             correlator,
             health,
+            watched: HashSet::new(),
             metrics,
             control,
         }
@@ -134,6 +139,7 @@ impl<C: StreamControl> Pipeline<C> {
     pub fn on_record(&mut self, r: &Record<'_>) {
         match r.kind {
             EventKind::Close => return self.on_close(r),
+            EventKind::ProcessExit => return self.health.on_exit(r.tgid, r.detail),
             EventKind::Error => return self.on_error(r),
             EventKind::SocketInfo => {
                 if let Some(info) = sockets::decode_kernel(r.payload) {
@@ -227,7 +233,13 @@ impl<C: StreamControl> Pipeline<C> {
         };
         let mut http_events = Vec::new();
         match (r.kind, &mut view.framing) {
-            (EventKind::Close | EventKind::Error | EventKind::SocketInfo, _) => {}
+            (
+                EventKind::Close
+                | EventKind::Error
+                | EventKind::SocketInfo
+                | EventKind::ProcessExit,
+                _,
+            ) => {}
             (EventKind::Gap, Framing::Lines(f)) => {
                 f.hole(u64::from(r.detail));
             }
@@ -286,7 +298,10 @@ impl<C: StreamControl> Pipeline<C> {
             + match r.kind {
                 EventKind::Gap => u64::from(r.detail),
                 EventKind::Data => r.payload.len() as u64,
-                EventKind::Close | EventKind::Error | EventKind::SocketInfo => 0,
+                EventKind::Close
+                | EventKind::Error
+                | EventKind::SocketInfo
+                | EventKind::ProcessExit => 0,
             };
         if let Framing::Lines(f) = &view.framing {
             let discarded = f.counters.resync_discarded_bytes;
@@ -523,6 +538,13 @@ impl<C: StreamControl> Pipeline<C> {
     pub fn sweep(&mut self, now_ns: u64) {
         self.correlator.sweep(now_ns);
         let servers = self.correlator.server_processes();
+        for (tgid, _) in &servers {
+            if self.watched.insert(*tgid) {
+                self.control.watch_server(*tgid);
+            }
+        }
+        self.watched
+            .retain(|tgid| servers.iter().any(|(t, _)| t == tgid));
         self.health.update(&servers);
         self.views
             .retain(|_, v| now_ns.saturating_sub(v.last_ts_ns) < IDLE_VIEW_NS);
@@ -680,6 +702,7 @@ mod tests {
         fn ignore_stream(&mut self, stream_id: u64) {
             self.0.push(stream_id);
         }
+        fn watch_server(&mut self, _tgid: u32) {}
     }
 
     /// Fake kernel: assigns stream offsets and timestamps like the programs do.

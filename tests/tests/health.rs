@@ -137,3 +137,94 @@ fn server_process_figures_match_proc_and_go_away_after_exit() {
     let _ = std::fs::remove_file(&stop_file);
     agent.stop();
 }
+
+/// Starts a `hold` session of the py2 server; returns the client and the server's pid.
+fn hold_session(tag: &str) -> (KillOnDrop, std::path::PathBuf, u32) {
+    let stop_file = std::env::temp_dir().join(format!("mcp-probe-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_file(&stop_file);
+    let client = KillOnDrop(
+        Command::new(py2())
+            .arg(harness("client.py"))
+            .args([
+                "--scenario",
+                "hold",
+                "--stop-file",
+                &stop_file.display().to_string(),
+                "--",
+            ])
+            .arg(py2())
+            .arg(harness("py2_server.py"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start hold client"),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = Command::new("pgrep")
+            .args(["-P", &client.0.id().to_string()])
+            .output()
+            .expect("pgrep");
+        let server = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .find(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .unwrap_or_default()
+                    .split('\0')
+                    .nth(1)
+                    .is_some_and(|a| a.ends_with("py2_server.py"))
+            });
+        if let Some(pid) = server {
+            return (client, stop_file, pid);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "server process did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A server that exits and comes back is a restart; exits are counted with their status,
+/// including a kill by signal.
+#[test]
+fn server_exits_and_restarts_are_counted() {
+    let _guard = exclusive();
+    let agent = Agent::start();
+    let name = "probe-py2";
+    let exits = |m: &integration_tests::Metrics, status: &str| {
+        m.sum(
+            "mcp_server_exits_total",
+            &[("mcp_server_name", name), ("status", status)],
+        )
+    };
+
+    let (mut first, stop_file, _) = hold_session("exit");
+    agent.wait_for("the first server to be watched", |m| {
+        m.sum("mcp_server_processes", &[("mcp_server_name", name)]) == 1.0
+    });
+    std::fs::write(&stop_file, b"stop").expect("stop file");
+    assert!(first.0.wait().expect("client exits").success());
+    agent.wait_for("a clean exit", |m| exits(m, "exit_0") == 1.0);
+
+    let (_second, _stop, pid) = hold_session("restart");
+    let m = agent.wait_for("the restart", |m| {
+        m.sum("mcp_server_restarts_total", &[("mcp_server_name", name)]) == 1.0
+    });
+    assert_eq!(
+        m.sum("mcp_server_processes", &[("mcp_server_name", name)]),
+        1.0
+    );
+    // SAFETY: signalling the test's own grandchild.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let m = agent.wait_for("a kill by signal 9", |m| exits(m, "signal_9") == 1.0);
+    assert_eq!(exits(&m, "exit_0"), 1.0);
+    assert_eq!(
+        m.sum("mcp_server_restarts_total", &[("mcp_server_name", name)]),
+        1.0
+    );
+    let _ = std::fs::remove_file(&stop_file);
+    agent.stop();
+}

@@ -237,9 +237,12 @@ pub enum Stat {
     /// Records whose payload was cut short of the syscall's bytes (tail capture of an
     /// oversized syscall): the gap bytes are in `TruncatedBytes`.
     TruncatedSyscalls = 11,
+    /// Highest number of unconsumed ring buffer bytes seen by a producer since the agent
+    /// last read (and reset) it. A maximum, not a sum.
+    RingHighWater = 12,
 }
 
-pub const STAT_COUNT: u32 = 12;
+pub const STAT_COUNT: u32 = 13;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -255,6 +258,7 @@ impl Stat {
         Stat::StreamsIgnored,
         Stat::InflightInsertFailed,
         Stat::TruncatedSyscalls,
+        Stat::RingHighWater,
     ];
 }
 

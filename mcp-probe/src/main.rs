@@ -104,6 +104,14 @@ fn main() -> anyhow::Result<()> {
         "eBPF programs attached: {}",
         loaded.attached.join(", ")
     );
+    metrics.agent.ring_size.set(i64::from(args.ring_bytes));
+    for hook in &loaded.attached {
+        metrics
+            .agent
+            .hooks
+            .get_or_create(&metrics::HookLabels { hook: hook.clone() })
+            .set(1);
+    }
     let loader::Loaded {
         ebpf,
         events,

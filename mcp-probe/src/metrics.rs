@@ -82,6 +82,12 @@ pub struct LabelNameLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    /// `category:tracepoint`, e.g. `syscalls:sys_enter_read`.
+    pub hook: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildInfoLabels {
     pub version: &'static str,
     pub kernel_release: String,
@@ -189,6 +195,9 @@ pub struct AgentMetrics {
     pub tracked_streams: Gauge,
     pub pending_requests: Gauge,
     pub buffered_bytes: Gauge,
+    pub ring_high_water: Gauge,
+    pub ring_size: Gauge,
+    pub hooks: Family<HookLabels, Gauge>,
     pub label_overflow: Family<LabelNameLabels, Counter>,
     pub build_info: Family<BuildInfoLabels, Gauge>,
 }
@@ -216,6 +225,9 @@ impl Default for AgentMetrics {
             tracked_streams: Gauge::default(),
             pending_requests: Gauge::default(),
             buffered_bytes: Gauge::default(),
+            ring_high_water: Gauge::default(),
+            ring_size: Gauge::default(),
+            hooks: Family::default(),
             label_overflow: Family::default(),
             build_info: Family::default(),
         }
@@ -300,6 +312,21 @@ impl AgentMetrics {
             "mcp_probe_buffered_bytes",
             "Bytes held for partial messages across all streams",
             m.buffered_bytes.clone(),
+        );
+        r.register(
+            "mcp_probe_ring_buffer_high_water_bytes",
+            "Most unconsumed bytes in the kernel ring buffer during the last second (compare with mcp_probe_ring_buffer_size_bytes)",
+            m.ring_high_water.clone(),
+        );
+        r.register(
+            "mcp_probe_ring_buffer_size_bytes",
+            "Size of the kernel ring buffer",
+            m.ring_size.clone(),
+        );
+        r.register(
+            "mcp_probe_hook_attached",
+            "1 for each kernel hook the agent attached (category:tracepoint)",
+            m.hooks.clone(),
         );
         r.register(
             "mcp_probe_pending_requests",

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, PerCpuArray, PerCpuValues, RingBuf};
 use mcp_probe_common::Stat;
 
 use crate::{
@@ -108,6 +108,16 @@ impl KernelStats {
             let Ok(values) = self.map.get(&(stat as u32), 0) else {
                 continue;
             };
+            if stat == Stat::RingHighWater {
+                let high = values.iter().copied().max().unwrap_or(0);
+                self.metrics.ring_high_water.set(high as i64);
+                // Start the next interval from zero (a racing producer at worst loses one
+                // observation of this interval).
+                if let Ok(zeros) = PerCpuValues::try_from(vec![0u64; values.len()]) {
+                    let _ = self.map.set(stat as u32, zeros, 0);
+                }
+                continue;
+            }
             let total: u64 = values.iter().sum();
             let delta = total.saturating_sub(self.last[stat as usize]);
             self.last[stat as usize] = total;
@@ -152,6 +162,7 @@ impl KernelStats {
                     .kernel_errors
                     .get_or_create(&reason("inflight_map_full"))
                     .inc_by(delta),
+                Stat::RingHighWater => 0, // handled above
                 Stat::TruncatedSyscalls => m
                     .kernel_errors
                     .get_or_create(&reason("truncated_syscalls"))

@@ -122,6 +122,13 @@ fn server_process_figures_match_proc_and_go_away_after_exit() {
         "uptime {uptime} vs /proc {elapsed}"
     );
     assert!(m.sum("mcp_probe_resident_memory_bytes", &[]) > 0.0);
+    // Every hook the agent attaches is listed (read/write family enter+exit, close, dup2,
+    // dup3, fork, exec, exit).
+    assert_eq!(m.sum("mcp_probe_hook_attached", &[]), 22.0);
+    assert_eq!(
+        m.sum("mcp_probe_ring_buffer_size_bytes", &[]),
+        (16 << 20) as f64
+    );
 
     // The server exits with its client: its series go.
     std::fs::write(&stop_file, b"stop").expect("stop file");

@@ -18,10 +18,11 @@ use crate::{
     identity::Processes,
     metrics::{
         ConnectionErrorLabels, HttpStatusLabels, LabelCap, Metrics, NotificationLabels,
-        OperationLabels, RequestLabels, ResponseLabels, ServerSideLabels, SideMetrics,
-        TransportLabels,
+        OperationLabels, RequestLabels, ResponseLabels, ServerSideLabels, SessionLabels,
+        SideMetrics, TransportLabels,
     },
     protocols::jsonrpc::{Id, Message},
+    sessions::{Role, Session, SessionId, SessionKey, Sessions, IDLE_NS},
 };
 
 /// A stream: the kernel address of its inode plus the inode number, so a freed inode whose
@@ -212,6 +213,7 @@ pub struct Correlator {
     /// Servers whose name will not change any more (announced, or used past the handshake).
     settled: HashSet<ServerRef>,
     unsettled: HashMap<ServerRef, Unsettled>,
+    sessions: Sessions,
     methods: LabelCap,
     tools: LabelCap,
     prompts: LabelCap,
@@ -238,6 +240,7 @@ impl Correlator {
             announced: HashMap::new(),
             settled: HashSet::new(),
             unsettled: HashMap::new(),
+            sessions: Sessions::default(),
         }
     }
 
@@ -250,6 +253,10 @@ impl Correlator {
                 // The observing process is the MCP server if it receives a client request
                 // or sends a server request.
                 let server_is_observer = server_to_client == (obs.direction == Direction::Write);
+                // An HTTP session starts with the answer to `initialize`, which names it.
+                if !(method == "initialize" && obs.session.is_none() && obs.transport != "pipe") {
+                    self.touch_session(obs, server_is_observer);
+                }
                 if server_is_observer {
                     self.server_of_stream
                         .insert(obs.stream, ServerRef::Process(obs.tgid));
@@ -293,6 +300,7 @@ impl Correlator {
                 let from_server = SERVER_NOTIFICATIONS.contains(&method.as_ref());
                 let server_is_observer = from_server == (obs.direction == Direction::Write);
                 let server = self.server_of(obs, server_is_observer, obs.stream);
+                self.touch_session(obs, server_is_observer);
                 let method = self
                     .methods
                     .value(&method, &self.metrics.agent.label_overflow);
@@ -443,6 +451,7 @@ impl Correlator {
             self.server_of_stream.entry(obs.stream).or_insert(server);
         }
         let server = self.server_of(obs, p.server_is_observer, p.stream);
+        self.touch_session(obs, p.server_is_observer);
         let handshake = HANDSHAKE_METHODS.contains(&p.method.as_str());
         let ending = Ending::Response {
             outcome,
@@ -794,6 +803,7 @@ impl Correlator {
         for server in overdue {
             self.settle(&server);
         }
+        self.sweep_sessions(now_ns);
         // Forget servers whose process is gone (bounded memory; a reused pid starts fresh).
         let processes = &self.processes;
         let alive =
@@ -802,6 +812,113 @@ impl Correlator {
         self.announced.retain(|s, _| alive(s));
         self.server_of_stream.retain(|_, s| alive(s));
         self.processes.sweep();
+    }
+
+    fn touch_session(&mut self, obs: &Observation<'_>, server_is_observer: bool) {
+        let Some(server) = self.server_of(obs, server_is_observer, obs.stream) else {
+            return;
+        };
+        let id = match (obs.session, obs.transport) {
+            (Some(id), _) => SessionId::Http(id.into()),
+            (None, "pipe") => SessionId::Channel,
+            (None, _) => SessionId::Connection(obs.stream),
+        };
+        let role = if server_is_observer {
+            Role::Server
+        } else {
+            Role::Client
+        };
+        let key = SessionKey {
+            role,
+            observer: obs.tgid,
+            server,
+            id,
+        };
+        if let Some(ended) = self.sessions.touch(key, obs.transport, obs.ts_ns) {
+            self.end_sessions(vec![ended]);
+        }
+    }
+
+    /// An HTTP DELETE for `session` (the client ends it; both sides see the request).
+    pub fn on_session_delete(&mut self, obs: &Observation<'_>, session: &str) {
+        let ended = self.sessions.end(|k| {
+            k.observer == obs.tgid && matches!(&k.id, SessionId::Http(id) if &**id == session)
+        });
+        self.end_sessions_at(ended, obs.ts_ns);
+    }
+
+    /// A process closed a connection: its session-less sessions on it are over.
+    pub fn on_connection_closed(&mut self, tgid: u32, stream: StreamKey, ts_ns: u64) {
+        let ended = self
+            .sessions
+            .end(|k| k.observer == tgid && k.id == SessionId::Connection(stream));
+        self.end_sessions_at(ended, ts_ns);
+    }
+
+    /// Ends sessions at `ts_ns` (explicit ends) instead of at their last message.
+    fn end_sessions_at(&mut self, mut ended: Vec<(SessionKey, Session)>, ts_ns: u64) {
+        for (_, s) in &mut ended {
+            s.last_ns = s.last_ns.max(ts_ns);
+        }
+        self.end_sessions(ended);
+    }
+
+    fn end_sessions(&mut self, ended: Vec<(SessionKey, Session)>) {
+        for (key, session) in ended {
+            let name = self.server_name(Some(&key.server));
+            let m = match key.role {
+                Role::Client => &self.metrics.client,
+                Role::Server => &self.metrics.server,
+            };
+            m.session_duration
+                .get_or_create(&SessionLabels {
+                    mcp_server_name: name,
+                    network_transport: session.transport,
+                })
+                .observe(session.last_ns.saturating_sub(session.start_ns) as f64 / 1e9);
+        }
+    }
+
+    /// Ends sessions whose processes are gone or that went idle, and refreshes the
+    /// active-session gauges.
+    fn sweep_sessions(&mut self, now_ns: u64) {
+        let processes = &self.processes;
+        let gone = |k: &SessionKey| {
+            !processes.is_alive(k.observer)
+                || matches!(k.server, ServerRef::Process(tgid) if !processes.is_alive(tgid))
+        };
+        let idle: Vec<SessionKey> = self
+            .sessions
+            .iter()
+            .filter(|(k, s)| gone(k) || now_ns.saturating_sub(s.last_ns) > IDLE_NS)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let ended = self.sessions.end(|k| idle.contains(k));
+        self.end_sessions(ended);
+        let mut active: HashMap<(Role, String, &'static str), i64> = HashMap::new();
+        let live: Vec<(SessionKey, &'static str)> = self
+            .sessions
+            .iter()
+            .map(|(k, s)| (k.clone(), s.transport))
+            .collect();
+        for (key, transport) in live {
+            let name = self.server_name(Some(&key.server));
+            *active.entry((key.role, name, transport)).or_default() += 1;
+        }
+        self.metrics.client.active_sessions.clear();
+        self.metrics.server.active_sessions.clear();
+        for ((role, name, transport), n) in active {
+            let m = match role {
+                Role::Client => &self.metrics.client,
+                Role::Server => &self.metrics.server,
+            };
+            m.active_sessions
+                .get_or_create(&SessionLabels {
+                    mcp_server_name: name,
+                    network_transport: transport,
+                })
+                .set(n);
+        }
     }
 
     /// Every server process known from traffic, with its current (capped) name.

@@ -15,6 +15,7 @@ mod pipeline;
 mod protocols;
 mod reader;
 mod server;
+mod sessions;
 mod sockets;
 
 use std::{

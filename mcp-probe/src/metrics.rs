@@ -103,6 +103,12 @@ fn size_histogram() -> Histogram {
     Histogram::new(SIZE_BUCKETS)
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SessionLabels {
+    pub mcp_server_name: String,
+    pub network_transport: &'static str,
+}
+
 /// One side's (sender's or receiver's) traffic metrics.
 #[derive(Clone)]
 pub struct SideMetrics {
@@ -114,6 +120,9 @@ pub struct SideMetrics {
     pub cancellations: Family<RequestLabels, Counter>,
     pub request_size: HistFamily<RequestLabels>,
     pub response_size: HistFamily<ResponseLabels>,
+    /// Sessions, as seen by the MCP client (`client`) or the MCP server (`server`).
+    pub session_duration: HistFamily<SessionLabels>,
+    pub active_sessions: Family<SessionLabels, Gauge>,
 }
 
 impl SideMetrics {
@@ -127,6 +136,8 @@ impl SideMetrics {
             cancellations: Family::default(),
             request_size: Family::new_with_constructor(size_histogram),
             response_size: Family::new_with_constructor(size_histogram),
+            session_duration: Family::new_with_constructor(duration_histogram),
+            active_sessions: Family::default(),
         };
         registry.register(
             format!("mcp_{side}_operation_duration_seconds"),
@@ -167,6 +178,16 @@ impl SideMetrics {
             format!("mcp_{side}_response_size_bytes"),
             format!("Size of MCP responses observed by the {who} (JSON bytes, without framing)"),
             m.response_size.clone(),
+        );
+        registry.register(
+            format!("mcp_{side}_session_duration_seconds"),
+            format!("Duration of MCP sessions as seen by the MCP {side} (HTTP session, session-less connection, or stdio channel)"),
+            m.session_duration.clone(),
+        );
+        registry.register(
+            format!("mcp_{side}_active_sessions"),
+            format!("MCP sessions open now, as seen by the MCP {side}"),
+            m.active_sessions.clone(),
         );
         m
     }

@@ -384,6 +384,8 @@ impl<C: StreamControl> Pipeline<C> {
             self.correlator.on_abort(&obs, aborted);
         }
         self.sockets.remove(&stream);
+        self.correlator
+            .on_connection_closed(r.tgid, stream, r.ts_ns);
         self.correlator.forget_stream(stream);
         self.metrics.tracked_streams.set(self.views.len() as i64);
     }
@@ -448,8 +450,16 @@ impl<C: StreamControl> Pipeline<C> {
             OwnedHttpEvent::Head {
                 is_request: true,
                 session,
+                delete,
                 ..
             } => {
+                if let (true, Some(id)) = (delete, &session) {
+                    // The client ends its HTTP session; both sides see the DELETE.
+                    self.correlator.on_session_delete(obs, id);
+                }
+                let Some(view) = self.views.get_mut(&key) else {
+                    return;
+                };
                 view.in_request = true;
                 view.session = session;
                 view.http_client = Some(obs.direction == Direction::Write);
@@ -463,6 +473,7 @@ impl<C: StreamControl> Pipeline<C> {
                 is_request: false,
                 status,
                 session,
+                ..
             } => {
                 view.in_request = false;
                 if session.is_some() {
@@ -573,6 +584,8 @@ enum OwnedHttpEvent {
         is_request: bool,
         status: u16,
         session: Option<String>,
+        /// A DELETE request (a client ending its HTTP session).
+        delete: bool,
     },
     Message {
         bytes: Vec<u8>,
@@ -591,10 +604,15 @@ impl From<HttpEvent<'_>> for OwnedHttpEvent {
                     .request
                     .as_ref()
                     .and_then(|(_, path)| session_in_url(path));
+                let delete = h
+                    .request
+                    .as_ref()
+                    .is_some_and(|(method, _)| method == "DELETE");
                 OwnedHttpEvent::Head {
                     is_request: h.request.is_some(),
                     status: h.status,
                     session: h.session_id.or(from_url),
+                    delete,
                 }
             }
             HttpEvent::Message { bytes, sse_event } => OwnedHttpEvent::Message {

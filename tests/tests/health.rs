@@ -5,7 +5,9 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::{exclusive, harness, py2, Agent};
+use integration_tests::{
+    exclusive, free_port, harness, py2, run_client_args, Agent, ServerProcess,
+};
 
 /// Kills the child if the test fails half-way, so no session outlives it.
 struct KillOnDrop(std::process::Child);
@@ -231,6 +233,60 @@ fn server_exits_and_restarts_are_counted() {
     assert_eq!(
         m.sum("mcp_server_restarts_total", &[("mcp_server_name", name)]),
         1.0
+    );
+    let _ = std::fs::remove_file(&stop_file);
+    agent.stop();
+}
+
+/// Sessions: a stdio channel is open while its client and server run and is measured when
+/// they exit; an HTTP session ends with the client's DELETE. Each side counts its own.
+#[test]
+fn sessions_are_counted_open_and_measured_when_closed() {
+    let _guard = exclusive();
+    let agent = Agent::start();
+    let name = "probe-py2";
+    let active = |m: &integration_tests::Metrics, side: &str, transport: &str| {
+        m.sum(
+            &format!("mcp_{side}_active_sessions"),
+            &[("mcp_server_name", name), ("network_transport", transport)],
+        )
+    };
+    let ended = |m: &integration_tests::Metrics, side: &str, transport: &str| {
+        m.sum(
+            &format!("mcp_{side}_session_duration_seconds_count"),
+            &[("mcp_server_name", name), ("network_transport", transport)],
+        )
+    };
+
+    let (mut client, stop_file, _) = hold_session("sessions");
+    agent.wait_for("one open stdio session per side", |m| {
+        active(m, "client", "pipe") == 1.0 && active(m, "server", "pipe") == 1.0
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    std::fs::write(&stop_file, b"stop").expect("stop file");
+    assert!(client.0.wait().expect("client exits").success());
+    let m = agent.wait_for("the stdio session to end on both sides", |m| {
+        ended(m, "client", "pipe") == 1.0 && ended(m, "server", "pipe") == 1.0
+    });
+    for side in ["client", "server"] {
+        assert_eq!(active(&m, side, "pipe"), 0.0, "{side}");
+        let seconds = m.sum(
+            &format!("mcp_{side}_session_duration_seconds_sum"),
+            &[("network_transport", "pipe")],
+        );
+        assert!(seconds >= 2.0, "{side} session lasted {seconds} s");
+    }
+
+    let port = free_port().to_string();
+    let _server = ServerProcess::start(&py2(), &[&harness("py2_server.py"), "--http", &port]);
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    run_client_args(
+        &py2(),
+        &["--scenario", "basic", "--url", &url, "--mode", "legacy"],
+    );
+    agent.wait_for(
+        "the HTTP session to end with its DELETE on both sides",
+        |m| ended(m, "client", "tcp") == 1.0 && ended(m, "server", "tcp") == 1.0,
     );
     let _ = std::fs::remove_file(&stop_file);
     agent.stop();

@@ -1,0 +1,95 @@
+//! MCP sessions, as each side sees them: an HTTP session (`mcp-session-id`, or the legacy
+//! transport's session id), a connection for the session-less 2026-07-28 HTTP protocol, or
+//! the stdio channel of a client and its server. A session starts with its first message
+//! and ends with an HTTP DELETE, the close of its connection, the exit of either process,
+//! or 30 minutes without a message (then it is taken to have ended at its last message).
+
+use std::collections::HashMap;
+
+use crate::correlate::{ServerRef, StreamKey};
+
+/// A side of a session: the MCP client's view or the MCP server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Client,
+    Server,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SessionId {
+    Http(Box<str>),
+    Connection(StreamKey),
+    /// A stdio channel: one per (observer, server).
+    Channel,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    pub role: Role,
+    pub observer: u32,
+    pub server: ServerRef,
+    pub id: SessionId,
+}
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub start_ns: u64,
+    pub last_ns: u64,
+    pub transport: &'static str,
+}
+
+/// Sessions without a message for this long are over.
+pub const IDLE_NS: u64 = 30 * 60 * 1_000_000_000;
+/// Most sessions tracked; past it the least recently active ends.
+pub const MAX_SESSIONS: usize = 100_000;
+
+#[derive(Default)]
+pub struct Sessions {
+    live: HashMap<SessionKey, Session>,
+}
+
+impl Sessions {
+    /// A message of `key` at `ts_ns`. Returns a session pushed out by the bound, if any.
+    pub fn touch(
+        &mut self,
+        key: SessionKey,
+        transport: &'static str,
+        ts_ns: u64,
+    ) -> Option<(SessionKey, Session)> {
+        if let Some(s) = self.live.get_mut(&key) {
+            s.last_ns = s.last_ns.max(ts_ns);
+            return None;
+        }
+        let evicted = if self.live.len() >= MAX_SESSIONS {
+            let oldest = self
+                .live
+                .iter()
+                .min_by_key(|(_, s)| s.last_ns)
+                .map(|(k, _)| k.clone());
+            oldest.and_then(|k| self.live.remove_entry(&k))
+        } else {
+            None
+        };
+        self.live.insert(
+            key,
+            Session {
+                start_ns: ts_ns,
+                last_ns: ts_ns,
+                transport,
+            },
+        );
+        evicted
+    }
+
+    /// Ends the sessions `matches` selects; returns them.
+    pub fn end(&mut self, matches: impl Fn(&SessionKey) -> bool) -> Vec<(SessionKey, Session)> {
+        let keys: Vec<SessionKey> = self.live.keys().filter(|k| matches(k)).cloned().collect();
+        keys.into_iter()
+            .filter_map(|k| self.live.remove_entry(&k))
+            .collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&SessionKey, &Session)> {
+        self.live.iter()
+    }
+}

@@ -17,9 +17,9 @@ use mcp_probe_common::Direction;
 use crate::{
     identity::Processes,
     metrics::{
-        ConnectionErrorLabels, HttpStatusLabels, LabelCap, Metrics, NotificationLabels,
-        OperationLabels, RequestLabels, ResponseLabels, ServerSideLabels, SessionLabels,
-        SideMetrics, TransportLabels,
+        ClientLabels, ConnectionErrorLabels, HttpStatusLabels, LabelCap, Metrics,
+        NotificationLabels, OperationLabels, RequestLabels, ResponseLabels, ServerSideLabels,
+        SessionLabels, SideMetrics, TransportLabels,
     },
     protocols::jsonrpc::{Id, Message},
     sessions::{Role, Session, SessionId, SessionKey, Sessions, IDLE_NS},
@@ -215,6 +215,7 @@ pub struct Correlator {
     unsettled: HashMap<ServerRef, Unsettled>,
     sessions: Sessions,
     methods: LabelCap,
+    clients: LabelCap,
     tools: LabelCap,
     prompts: LabelCap,
     servers: LabelCap,
@@ -226,6 +227,7 @@ impl Correlator {
     pub fn new(config: CorrelatorConfig, metrics: Metrics) -> Self {
         Self {
             methods: LabelCap::new("mcp_method_name", config.max_methods),
+            clients: LabelCap::new("client_name", config.max_servers),
             tools: LabelCap::new("gen_ai_tool_name", config.max_tools),
             prompts: LabelCap::new("gen_ai_prompt_name", config.max_prompts),
             servers: LabelCap::new("mcp_server_name", config.max_servers),
@@ -255,7 +257,13 @@ impl Correlator {
                 let server_is_observer = server_to_client == (obs.direction == Direction::Write);
                 // An HTTP session starts with the answer to `initialize`, which names it.
                 if !(method == "initialize" && obs.session.is_none() && obs.transport != "pipe") {
-                    self.touch_session(obs, server_is_observer);
+                    let session = self.touch_session(obs, server_is_observer);
+                    if let (Some(key), Some(client)) = (session, info.client_name.as_deref()) {
+                        let client = self
+                            .clients
+                            .value(client, &self.metrics.agent.label_overflow);
+                        self.sessions.name_client(&key, client);
+                    }
                 }
                 if server_is_observer {
                     self.server_of_stream
@@ -300,7 +308,7 @@ impl Correlator {
                 let from_server = SERVER_NOTIFICATIONS.contains(&method.as_ref());
                 let server_is_observer = from_server == (obs.direction == Direction::Write);
                 let server = self.server_of(obs, server_is_observer, obs.stream);
-                self.touch_session(obs, server_is_observer);
+                let _ = self.touch_session(obs, server_is_observer);
                 let method = self
                     .methods
                     .value(&method, &self.metrics.agent.label_overflow);
@@ -451,7 +459,7 @@ impl Correlator {
             self.server_of_stream.entry(obs.stream).or_insert(server);
         }
         let server = self.server_of(obs, p.server_is_observer, p.stream);
-        self.touch_session(obs, p.server_is_observer);
+        let _ = self.touch_session(obs, p.server_is_observer);
         let handshake = HANDSHAKE_METHODS.contains(&p.method.as_str());
         let ending = Ending::Response {
             outcome,
@@ -814,10 +822,13 @@ impl Correlator {
         self.processes.sweep();
     }
 
-    fn touch_session(&mut self, obs: &Observation<'_>, server_is_observer: bool) {
-        let Some(server) = self.server_of(obs, server_is_observer, obs.stream) else {
-            return;
-        };
+    /// Marks the session of a message active; returns its key.
+    fn touch_session(
+        &mut self,
+        obs: &Observation<'_>,
+        server_is_observer: bool,
+    ) -> Option<SessionKey> {
+        let server = self.server_of(obs, server_is_observer, obs.stream)?;
         let id = match (obs.session, obs.transport) {
             (Some(id), _) => SessionId::Http(id.into()),
             (None, "pipe") => SessionId::Channel,
@@ -834,9 +845,10 @@ impl Correlator {
             server,
             id,
         };
-        if let Some(ended) = self.sessions.touch(key, obs.transport, obs.ts_ns) {
+        if let Some(ended) = self.sessions.touch(key.clone(), obs.transport, obs.ts_ns) {
             self.end_sessions(vec![ended]);
         }
+        Some(key)
     }
 
     /// An HTTP DELETE for `session` (the client ends it; both sides see the request).
@@ -896,14 +908,30 @@ impl Correlator {
         let ended = self.sessions.end(|k| idle.contains(k));
         self.end_sessions(ended);
         let mut active: HashMap<(Role, String, &'static str), i64> = HashMap::new();
-        let live: Vec<(SessionKey, &'static str)> = self
+        let mut clients: HashMap<(String, String), i64> = HashMap::new();
+        let live: Vec<(SessionKey, &'static str, Option<String>)> = self
             .sessions
             .iter()
-            .map(|(k, s)| (k.clone(), s.transport))
+            .map(|(k, s)| (k.clone(), s.transport, s.client_name.clone()))
             .collect();
-        for (key, transport) in live {
+        for (key, transport, client) in live {
             let name = self.server_name(Some(&key.server));
+            // Clients are counted from the server's side, or the client's for a remote server.
+            if key.role == Role::Server || matches!(key.server, ServerRef::Endpoint(_)) {
+                let client = client.unwrap_or_else(|| "unknown".to_owned());
+                *clients.entry((name.clone(), client)).or_default() += 1;
+            }
             *active.entry((key.role, name, transport)).or_default() += 1;
+        }
+        self.metrics.active_clients.clear();
+        for ((server, client), n) in clients {
+            self.metrics
+                .active_clients
+                .get_or_create(&ClientLabels {
+                    mcp_server_name: server,
+                    client_name: client,
+                })
+                .set(n);
         }
         self.metrics.client.active_sessions.clear();
         self.metrics.server.active_sessions.clear();

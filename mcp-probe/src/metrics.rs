@@ -104,6 +104,13 @@ fn size_histogram() -> Histogram {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClientLabels {
+    pub mcp_server_name: String,
+    /// `clientInfo.name`, or `unknown` when the session's handshake was not seen.
+    pub client_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SessionLabels {
     pub mcp_server_name: String,
     pub network_transport: &'static str,
@@ -523,6 +530,7 @@ pub struct Metrics {
     pub server: SideMetrics,
     pub http: HttpMetrics,
     pub health: HealthMetrics,
+    pub active_clients: Family<ClientLabels, Gauge>,
     pub agent: AgentMetrics,
 }
 
@@ -533,6 +541,15 @@ impl Metrics {
             server: SideMetrics::register(registry, "server", "receiver"),
             http: HttpMetrics::register(registry),
             health: HealthMetrics::register(registry),
+            active_clients: {
+                let f = Family::<ClientLabels, Gauge>::default();
+                registry.register(
+                    "mcp_active_clients",
+                    "Open sessions per MCP server and client (clientInfo.name)",
+                    f.clone(),
+                );
+                f
+            },
             agent: AgentMetrics::register(registry),
         }
     }

@@ -36,6 +36,8 @@ pub struct Session {
     pub start_ns: u64,
     pub last_ns: u64,
     pub transport: &'static str,
+    /// `clientInfo.name` of the session's client, once seen (initialize or `_meta`).
+    pub client_name: Option<String>,
 }
 
 /// Sessions without a message for this long are over.
@@ -76,6 +78,7 @@ impl Sessions {
                 start_ns: ts_ns,
                 last_ns: ts_ns,
                 transport,
+                client_name: None,
             },
         );
         evicted
@@ -87,6 +90,13 @@ impl Sessions {
         keys.into_iter()
             .filter_map(|k| self.live.remove_entry(&k))
             .collect()
+    }
+
+    /// Records the client name of a live session.
+    pub fn name_client(&mut self, key: &SessionKey, name: String) {
+        if let Some(s) = self.live.get_mut(key) {
+            s.client_name = Some(name);
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&SessionKey, &Session)> {

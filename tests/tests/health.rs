@@ -262,6 +262,17 @@ fn sessions_are_counted_open_and_measured_when_closed() {
     agent.wait_for("one open stdio session per side", |m| {
         active(m, "client", "pipe") == 1.0 && active(m, "server", "pipe") == 1.0
     });
+    // The server's one client, by the clientInfo.name the SDK sends in `_meta` ("mcp").
+    let m = agent.scrape();
+    assert_eq!(
+        m.sum(
+            "mcp_active_clients",
+            &[("mcp_server_name", name), ("client_name", "mcp")]
+        ),
+        1.0,
+        "{}",
+        m.dump("mcp_active")
+    );
     std::thread::sleep(Duration::from_secs(2));
     std::fs::write(&stop_file, b"stop").expect("stop file");
     assert!(client.0.wait().expect("client exits").success());

@@ -19,7 +19,7 @@ use crate::{
     metrics::{
         ClientLabels, ConnectionErrorLabels, HttpStatusLabels, LabelCap, Metrics,
         NotificationLabels, OperationLabels, RequestLabels, ResponseLabels, ServerSideLabels,
-        SessionLabels, SideMetrics, TransportLabels,
+        SessionLabels, SideMetrics, TransportLabels, UserLabels,
     },
     protocols::jsonrpc::{Id, Message},
     sessions::{Role, Session, SessionId, SessionKey, Sessions, IDLE_NS},
@@ -55,6 +55,8 @@ pub struct Observation<'c> {
     pub peer: Option<&'c ServerRef>,
     /// The MCP session the message belongs to (HTTP transports), when known.
     pub session: Option<&'c str>,
+    /// Who sent it (HTTP: keyed hash of the request's credential), when known.
+    pub user: Option<&'c str>,
     /// Kernel time (CLOCK_MONOTONIC ns) at which the message was complete.
     pub ts_ns: u64,
     /// JSON bytes of the message (its share of a batch for batch elements).
@@ -110,6 +112,10 @@ struct Pending {
     /// The MCP server of this exchange is the observing process itself.
     server_is_observer: bool,
     session: Option<Box<str>>,
+    /// Who sent the request (`cred:…` for HTTP credentials, `uid:N` for local clients),
+    /// kept only where per-user requests are counted: in the server's own view, or in the
+    /// client's when the server is not on this host.
+    user: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -214,6 +220,11 @@ pub struct Correlator {
     settled: HashSet<ServerRef>,
     unsettled: HashMap<ServerRef, Unsettled>,
     sessions: Sessions,
+    /// Pipe -> the process writing into it (the client, for a server's stdin).
+    writers: HashMap<StreamKey, u32>,
+    /// Client process -> uid (read once per process).
+    uids: HashMap<u32, u32>,
+    users: LabelCap,
     methods: LabelCap,
     clients: LabelCap,
     tools: LabelCap,
@@ -222,6 +233,8 @@ pub struct Correlator {
 }
 
 const FINISHED_EARLY_CAP: usize = 10_000;
+/// Pipes whose writer is remembered.
+const MAX_WRITERS: usize = 65_536;
 
 impl Correlator {
     pub fn new(config: CorrelatorConfig, metrics: Metrics) -> Self {
@@ -243,12 +256,21 @@ impl Correlator {
             settled: HashSet::new(),
             unsettled: HashMap::new(),
             sessions: Sessions::default(),
+            writers: HashMap::new(),
+            uids: HashMap::new(),
+            users: LabelCap::new("user", 1024),
         }
     }
 
     /// Handles one parsed message.
     pub fn on_message(&mut self, obs: &Observation<'_>, msg: Message<'_>) {
         self.processes.observe(obs.tgid, obs.comm);
+        if obs.direction == Direction::Write
+            && obs.transport == "pipe"
+            && self.writers.len() < MAX_WRITERS
+        {
+            self.writers.insert(obs.stream, obs.tgid);
+        }
         match msg {
             Message::Request { id, method, info } => {
                 let server_to_client = SERVER_TO_CLIENT_REQUESTS.contains(&method.as_ref());
@@ -280,6 +302,16 @@ impl Correlator {
                     ("prompts/get", Some(n)) => (None, Some(self.prompts.value(n, overflow))),
                     _ => (None, None),
                 };
+                let counts_users = server_is_observer
+                    || matches!(
+                        self.server_of(obs, false, obs.stream),
+                        Some(ServerRef::Endpoint(_))
+                    );
+                let user = if counts_users {
+                    self.user_of(obs, server_is_observer)
+                } else {
+                    None
+                };
                 self.add_pending(
                     PendingKey {
                         tgid: obs.tgid,
@@ -296,6 +328,7 @@ impl Correlator {
                         transport: obs.transport,
                         server_is_observer,
                         session: obs.session.map(Box::from),
+                        user,
                     },
                 );
             }
@@ -736,6 +769,15 @@ impl Correlator {
                     network_transport: p.transport,
                 };
                 m.requests.get_or_create(&request).inc();
+                if let Some(user) = p.user {
+                    self.metrics
+                        .user_requests
+                        .get_or_create(&UserLabels {
+                            mcp_server_name: server.to_owned(),
+                            user,
+                        })
+                        .inc();
+                }
                 m.request_size
                     .get_or_create(&request)
                     .observe(p.size as f64);
@@ -819,7 +861,40 @@ impl Correlator {
         self.settled.retain(alive);
         self.announced.retain(|s, _| alive(s));
         self.server_of_stream.retain(|_, s| alive(s));
+        let processes = &self.processes;
+        self.writers.retain(|_, tgid| processes.is_alive(*tgid));
+        self.uids.retain(|tgid, _| processes.is_alive(*tgid));
         self.processes.sweep();
+    }
+
+    /// The user behind a request: its HTTP credential's keyed hash, else the uid of the
+    /// local client process (the observer, or the process writing into the server's pipe).
+    fn user_of(&mut self, obs: &Observation<'_>, server_is_observer: bool) -> Option<String> {
+        if let Some(user) = obs.user {
+            return Some(self.users.value(user, &self.metrics.agent.label_overflow));
+        }
+        let client = if server_is_observer {
+            self.writers.get(&obs.stream).copied()?
+        } else {
+            obs.tgid
+        };
+        let uid = match self.uids.get(&client) {
+            Some(uid) => *uid,
+            None => {
+                let uid = procfs::process::Process::new(client as i32)
+                    .ok()?
+                    .uid()
+                    .ok()?;
+                if self.uids.len() < MAX_WRITERS {
+                    self.uids.insert(client, uid);
+                }
+                uid
+            }
+        };
+        Some(
+            self.users
+                .value(&format!("uid:{uid}"), &self.metrics.agent.label_overflow),
+        )
     }
 
     /// Marks the session of a message active; returns its key.
@@ -971,6 +1046,7 @@ impl Correlator {
     /// Forgets what was learned about a stream that is no longer followed.
     pub fn forget_stream(&mut self, stream: StreamKey) {
         self.server_of_stream.remove(&stream);
+        self.writers.remove(&stream);
     }
 
     /// The MCP server of an exchange, if known: the observer itself, the server learned
@@ -1081,6 +1157,7 @@ mod tests {
             transport: "tcp",
             peer: Some(&server),
             session: Some(session),
+            user: None,
             ts_ns: ts_ms * 1_000_000,
             size: 10,
         };

@@ -111,6 +111,13 @@ pub struct ClientLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserLabels {
+    pub mcp_server_name: String,
+    /// `uid:N` for a local client process, `cred:<hash>` for an HTTP credential.
+    pub user: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SessionLabels {
     pub mcp_server_name: String,
     pub network_transport: &'static str,
@@ -531,6 +538,7 @@ pub struct Metrics {
     pub http: HttpMetrics,
     pub health: HealthMetrics,
     pub active_clients: Family<ClientLabels, Gauge>,
+    pub user_requests: Family<UserLabels, Counter>,
     pub agent: AgentMetrics,
 }
 
@@ -541,6 +549,15 @@ impl Metrics {
             server: SideMetrics::register(registry, "server", "receiver"),
             http: HttpMetrics::register(registry),
             health: HealthMetrics::register(registry),
+            user_requests: {
+                let f = Family::<UserLabels, Counter>::default();
+                registry.register(
+                    "mcp_user_requests",
+                    "Requests per MCP server and user, for quota tracking (counted once, by the server, or by the client when the server is remote)",
+                    f.clone(),
+                );
+                f
+            },
             active_clients: {
                 let f = Family::<ClientLabels, Gauge>::default();
                 registry.register(

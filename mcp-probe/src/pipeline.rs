@@ -76,6 +76,8 @@ struct View {
     /// HTTP: the MCP session of the message being handled (`mcp-session-id`, the
     /// `session_id` of a legacy POST URL, or the legacy `endpoint` event of a GET stream).
     session: Option<String>,
+    /// HTTP: who sent the request being handled (keyed hash of its credential).
+    user: Option<String>,
 }
 
 /// JSON-RPC requests carried by one HTTP request, waiting for its HTTP response.
@@ -207,6 +209,7 @@ impl<C: StreamControl> Pipeline<C> {
                 response: None,
                 http_client: None,
                 session: None,
+                user: None,
             }
         });
         view.last_ts_ns = r.ts_ns;
@@ -228,6 +231,7 @@ impl<C: StreamControl> Pipeline<C> {
             transport: view.transport,
             peer: peer.as_ref(),
             session: None,
+            user: None,
             ts_ns: r.ts_ns,
             size: 0,
         };
@@ -354,6 +358,7 @@ impl<C: StreamControl> Pipeline<C> {
                 transport: view.transport,
                 peer: peer.as_ref(),
                 session: None,
+                user: None,
                 ts_ns: r.ts_ns,
                 size: 0,
             };
@@ -378,6 +383,7 @@ impl<C: StreamControl> Pipeline<C> {
                 transport,
                 peer: peer.as_ref(),
                 session: None,
+                user: None,
                 ts_ns: r.ts_ns,
                 size: 0,
             };
@@ -430,6 +436,7 @@ impl<C: StreamControl> Pipeline<C> {
             transport,
             peer: peer.as_ref(),
             session: None,
+            user: None,
             ts_ns: r.ts_ns,
             size: 0,
         };
@@ -451,6 +458,7 @@ impl<C: StreamControl> Pipeline<C> {
                 is_request: true,
                 session,
                 delete,
+                user,
                 ..
             } => {
                 if let (true, Some(id)) = (delete, &session) {
@@ -462,6 +470,7 @@ impl<C: StreamControl> Pipeline<C> {
                 };
                 view.in_request = true;
                 view.session = session;
+                view.user = user;
                 view.http_client = Some(obs.direction == Direction::Write);
                 let queue = self.http_in_flight.entry(stream).or_default();
                 if queue.len() >= MAX_HTTP_IN_FLIGHT {
@@ -497,8 +506,14 @@ impl<C: StreamControl> Pipeline<C> {
                 if bytes.iter().all(u8::is_ascii_whitespace) {
                     return; // an empty priming event
                 }
+                let user = if view.in_request {
+                    view.user.as_deref()
+                } else {
+                    None
+                };
                 let obs = Observation {
                     session: view.session.as_deref(),
+                    user,
                     ..*obs
                 };
                 let result = handle_text(&bytes, &obs, &mut self.correlator, &self.metrics);
@@ -586,6 +601,8 @@ enum OwnedHttpEvent {
         session: Option<String>,
         /// A DELETE request (a client ending its HTTP session).
         delete: bool,
+        /// The keyed hash of the request's credential.
+        user: Option<String>,
     },
     Message {
         bytes: Vec<u8>,
@@ -613,6 +630,7 @@ impl From<HttpEvent<'_>> for OwnedHttpEvent {
                     status: h.status,
                     session: h.session_id.or(from_url),
                     delete,
+                    user: h.user,
                 }
             }
             HttpEvent::Message { bytes, sse_event } => OwnedHttpEvent::Message {

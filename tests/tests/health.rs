@@ -288,16 +288,56 @@ fn sessions_are_counted_open_and_measured_when_closed() {
         assert!(seconds >= 2.0, "{side} session lasted {seconds} s");
     }
 
+    // Users: the stdio client runs as root; every request the server received is its.
+    let received = |m: &integration_tests::Metrics, transport: &str| {
+        m.sum(
+            "mcp_server_requests_total",
+            &[("mcp_server_name", name), ("network_transport", transport)],
+        )
+    };
+    assert!(received(&m, "pipe") >= 2.0);
+    assert_eq!(
+        m.sum(
+            "mcp_user_requests_total",
+            &[("mcp_server_name", name), ("user", "uid:0")]
+        ),
+        received(&m, "pipe")
+    );
+
     let port = free_port().to_string();
     let _server = ServerProcess::start(&py2(), &[&harness("py2_server.py"), "--http", &port]);
     let url = format!("http://127.0.0.1:{port}/mcp");
     run_client_args(
         &py2(),
-        &["--scenario", "basic", "--url", &url, "--mode", "legacy"],
+        &[
+            "--scenario",
+            "basic",
+            "--url",
+            &url,
+            "--mode",
+            "legacy",
+            "--header",
+            "Authorization: Bearer secret-token",
+        ],
     );
-    agent.wait_for(
+    let m = agent.wait_for(
         "the HTTP session to end with its DELETE on both sides",
         |m| ended(m, "client", "tcp") == 1.0 && ended(m, "server", "tcp") == 1.0,
+    );
+    // An HTTP user is a keyed hash of the credential, never the credential.
+    let users = m.label_values("mcp_user_requests_total", "user");
+    let credential_users: Vec<&String> = users.iter().filter(|u| u.starts_with("cred:")).collect();
+    assert_eq!(credential_users.len(), 1, "{users:?}");
+    assert!(!users.iter().any(|u| u.contains("secret")));
+    let user = credential_users[0].as_str();
+    assert_eq!(
+        m.sum(
+            "mcp_user_requests_total",
+            &[("mcp_server_name", name), ("user", user)]
+        ),
+        received(&m, "tcp"),
+        "{}",
+        m.dump("mcp_user")
     );
     let _ = std::fs::remove_file(&stop_file);
     agent.stop();

@@ -35,6 +35,10 @@ pub struct Head {
     pub session_id: Option<String>,
     /// The request carries an `Authorization` header (its value is never kept).
     pub has_authorization: bool,
+    /// Who the credential belongs to: a hash of the `Authorization` value keyed with a
+    /// random key of this agent run, so the same credential gives the same user and the
+    /// credential itself cannot be recovered.
+    pub user: Option<String>,
 }
 
 /// What the framer reports.
@@ -421,8 +425,17 @@ fn parse_head(bytes: &[u8]) -> Option<(Head, BodyFraming)> {
         content_type,
         session_id,
         has_authorization: header("authorization").is_some(),
+        user: header("authorization").map(credential_user),
     };
     Some((head, framing))
+}
+
+fn credential_user(value: &[u8]) -> String {
+    use std::hash::BuildHasher as _;
+    static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+        std::sync::OnceLock::new();
+    let hash = KEY.get_or_init(Default::default).hash_one(value);
+    format!("cred:{:012x}", hash >> 16)
 }
 
 fn is_gzip(head: &[u8]) -> bool {
@@ -498,6 +511,16 @@ mod tests {
     const POST: &[u8] = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nAccept: application/json, text/event-stream\r\nContent-Type: application/json\r\nmcp-session-id: abc\r\nAuthorization: Bearer secret\r\nContent-Length: 46\r\n\r\n{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}";
     const SSE_RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nmcp-session-id: abc\r\ntransfer-encoding: chunked\r\n\r\n2e\r\nevent: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\r\n1a\r\n\"result\":{\"tools\":[]}}\r\n\r\n\r\n0\r\n\r\n";
 
+    fn credential_user_of(bytes: &[u8]) -> Option<String> {
+        let mut user = None;
+        HttpFramer::new(1 << 20).push(bytes, &mut |e| {
+            if let HttpEvent::Head(h) = e {
+                user = h.user;
+            }
+        });
+        user
+    }
+
     #[test]
     fn request_with_json_body_keeps_no_credentials() {
         let mut f = HttpFramer::new(1 << 20);
@@ -510,6 +533,13 @@ mod tests {
         assert_eq!(heads.len(), 1);
         assert!(heads[0].has_authorization);
         assert!(!format!("{:?}", heads[0]).contains("secret"));
+        let user = heads[0].user.clone().expect("a user for the credential");
+        assert!(user.starts_with("cred:") && user.len() == 17, "{user}");
+        assert_eq!(
+            Some(user),
+            credential_user_of(POST),
+            "the same credential is the same user"
+        );
         let out = run(&mut HttpFramer::new(1 << 20), &[POST]);
         assert_eq!(
             out,

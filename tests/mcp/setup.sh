@@ -57,7 +57,17 @@ install_iproute2() {
     echo "mcp-env: installed iproute2"
 }
 
+# promtool (Debian package prometheus) for the recording-rule tests.
+install_promtool() {
+    command -v promtool >/dev/null && return 0
+    command -v apt-get >/dev/null || { echo "setup.sh: need promtool (package prometheus)" >&2; exit 1; }
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >"$ENV_DIR/apt-prometheus.log" 2>&1 || {
+        cat "$ENV_DIR/apt-prometheus.log" >&2; echo "setup.sh: apt-get install prometheus failed" >&2; exit 1; }
+    echo "mcp-env: installed promtool"
+}
+
 install_iproute2
+install_promtool
 install_venv py2 "$PY_SDK2_VERSION"
 install_venv py1 "$PY_SDK1_VERSION"
 install_node

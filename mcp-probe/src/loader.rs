@@ -8,8 +8,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use mcp_probe_common::{
-    verdict, StreamState, EVENTS_MAP, OFFSETS_GLOBAL, SERVERS_MAP, STATS_MAP, STREAMS_MAP,
-    WAKEUP_BYTES_GLOBAL,
+    verdict, FdState, StreamState, EVENTS_MAP, FDS_ENTRIES, FDS_MAP, OFFSETS_GLOBAL,
+    SERVERS_ENTRIES, SERVERS_MAP, STATS_MAP, STREAMS_ENTRIES, STREAMS_MAP, WAKEUP_BYTES_GLOBAL,
 };
 
 use crate::{kernel_offsets, pipeline::StreamControl};
@@ -81,10 +81,46 @@ pub struct Loaded {
     pub streams: KernelStreams,
     pub kernel_log: Option<KernelLog>,
     pub attached: Vec<String>,
+    /// Optional hooks that could not be attached.
+    pub failed: Vec<String>,
 }
 
 /// aya-log's reader of the kernel programs' log messages.
 pub type KernelLog = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// Hooks the agent can run without (with less exact fd and process bookkeeping).
+const LIFECYCLE: &[&str] = &[
+    "sys_enter_close",
+    "sys_enter_dup2",
+    "sys_enter_dup3",
+    "sched_process_fork",
+    "sched_process_exec",
+    "sched_process_exit",
+];
+
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    category: &'static str,
+    tracepoint: &'static str,
+) -> Result<(), LoadError> {
+    let attach_err = |source: aya::programs::ProgramError| LoadError::Attach {
+        name,
+        category,
+        tracepoint,
+        source: Box::new(source),
+    };
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(attach_err)?;
+    if program.fd().is_err() {
+        program.load().map_err(attach_err)?;
+    }
+    program.attach(category, tracepoint).map_err(attach_err)?;
+    Ok(())
+}
 
 pub struct LoadOptions {
     pub ring_bytes: u32,
@@ -144,29 +180,26 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         }
     };
     let mut attached = Vec::new();
+    let mut failed = Vec::new();
     for &(name, category, tracepoint) in HOOKS {
-        let attach_err = |source: aya::programs::ProgramError| LoadError::Attach {
-            name,
-            category,
-            tracepoint,
-            source: Box::new(source),
-        };
-        let program: &mut TracePoint = ebpf
-            .program_mut(name)
-            .ok_or(LoadError::MissingProgram(name))?
-            .try_into()
-            .map_err(attach_err)?;
-        if program.fd().is_err() {
-            program.load().map_err(attach_err)?;
+        match attach(&mut ebpf, name, category, tracepoint) {
+            Ok(()) => attached.push(format!("{category}:{tracepoint}")),
+            // Capture itself needs every read/write-family hook.
+            Err(e) if category == "syscalls" && !LIFECYCLE.contains(&name) => return Err(e),
+            // Lifecycle hooks only sharpen the bookkeeping: run without, and say so.
+            Err(e) => {
+                tracing::warn!(error = %e, "running without {category}:{tracepoint}");
+                failed.push(format!("{category}:{tracepoint}"));
+            }
         }
-        program.attach(category, tracepoint).map_err(attach_err)?;
-        attached.push(format!("{category}:{tracepoint}"));
     }
 
     let events = RingBuf::try_from(take(&mut ebpf, EVENTS_MAP)?)
         .map_err(|e| LoadError::Map(EVENTS_MAP, e.to_string()))?;
     let stats = PerCpuArray::try_from(take(&mut ebpf, STATS_MAP)?)
         .map_err(|e| LoadError::Map(STATS_MAP, e.to_string()))?;
+    let fds = BpfHashMap::try_from(take(&mut ebpf, FDS_MAP)?)
+        .map_err(|e| LoadError::Map(FDS_MAP, e.to_string()))?;
     let servers = BpfHashMap::try_from(take(&mut ebpf, SERVERS_MAP)?)
         .map_err(|e| LoadError::Map(SERVERS_MAP, e.to_string()))?;
     let streams = BpfHashMap::try_from(take(&mut ebpf, STREAMS_MAP)?)
@@ -176,9 +209,14 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         ebpf,
         events,
         stats,
-        streams: KernelStreams { streams, servers },
+        streams: KernelStreams {
+            streams,
+            servers,
+            fds,
+        },
         kernel_log,
         attached,
+        failed,
     })
 }
 
@@ -192,9 +230,26 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError
 pub struct KernelStreams {
     streams: BpfHashMap<MapData, u64, StreamState>,
     servers: BpfHashMap<MapData, u32, u32>,
+    fds: BpfHashMap<MapData, u64, FdState>,
 }
 
 impl StreamControl for KernelStreams {
+    fn occupancy(&self) -> Vec<(&'static str, usize, usize)> {
+        vec![
+            (FDS_MAP, self.fds.keys().count(), FDS_ENTRIES as usize),
+            (
+                STREAMS_MAP,
+                self.streams.keys().count(),
+                STREAMS_ENTRIES as usize,
+            ),
+            (
+                SERVERS_MAP,
+                self.servers.keys().count(),
+                SERVERS_ENTRIES as usize,
+            ),
+        ]
+    }
+
     fn watch_server(&mut self, tgid: u32) {
         if let Err(e) = self.servers.insert(tgid, 1, 0) {
             tracing::debug!(tgid, error = %e, "cannot watch server process");

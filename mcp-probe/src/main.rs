@@ -106,12 +106,18 @@ fn main() -> anyhow::Result<()> {
         loaded.attached.join(", ")
     );
     metrics.agent.ring_size.set(i64::from(args.ring_bytes));
-    for hook in &loaded.attached {
+    // 1 for each hook attached, 0 for an optional one that could not be.
+    let hooks = loaded
+        .attached
+        .iter()
+        .map(|h| (h, 1))
+        .chain(loaded.failed.iter().map(|h| (h, 0)));
+    for (hook, up) in hooks {
         metrics
             .agent
             .hooks
             .get_or_create(&metrics::HookLabels { hook: hook.clone() })
-            .set(1);
+            .set(up);
     }
     let loader::Loaded {
         ebpf,

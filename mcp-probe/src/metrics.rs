@@ -82,6 +82,11 @@ pub struct LabelNameLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HookLabels {
     /// `category:tracepoint`, e.g. `syscalls:sys_enter_read`.
     pub hook: String,
@@ -233,6 +238,8 @@ pub struct AgentMetrics {
     pub ring_high_water: Gauge,
     pub ring_size: Gauge,
     pub hooks: Family<HookLabels, Gauge>,
+    pub map_entries: Family<MapLabels, Gauge>,
+    pub map_capacity: Family<MapLabels, Gauge>,
     pub label_overflow: Family<LabelNameLabels, Counter>,
     pub build_info: Family<BuildInfoLabels, Gauge>,
 }
@@ -263,6 +270,8 @@ impl Default for AgentMetrics {
             ring_high_water: Gauge::default(),
             ring_size: Gauge::default(),
             hooks: Family::default(),
+            map_entries: Family::default(),
+            map_capacity: Family::default(),
             label_overflow: Family::default(),
             build_info: Family::default(),
         }
@@ -359,8 +368,18 @@ impl AgentMetrics {
             m.ring_size.clone(),
         );
         r.register(
+            "mcp_probe_map_entries",
+            "Entries in the kernel's bookkeeping maps (FDS, STREAMS: LRU; SERVERS), counted every 30 s",
+            m.map_entries.clone(),
+        );
+        r.register(
+            "mcp_probe_map_capacity",
+            "Capacity of the kernel's bookkeeping maps",
+            m.map_capacity.clone(),
+        );
+        r.register(
             "mcp_probe_hook_attached",
-            "1 for each kernel hook the agent attached (category:tracepoint)",
+            "1 for each kernel hook attached, 0 for an optional one (close, dup, fork, exec, exit) that could not be (category:tracepoint)",
             m.hooks.clone(),
         );
         r.register(

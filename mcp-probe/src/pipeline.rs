@@ -13,7 +13,7 @@ use crate::{
     correlate::{Correlator, Observation, ServerRef, StreamKey},
     decode::{decode, Record},
     health::Health,
-    metrics::{AgentMetrics, ReasonLabels},
+    metrics::{AgentMetrics, MapLabels, ReasonLabels},
     protocols::{
         http::{starts_http, HttpEvent, HttpFramer},
         jsonl::{Frame, LineFramer},
@@ -27,12 +27,16 @@ pub trait StreamControl {
     fn ignore_stream(&mut self, stream_id: u64);
     /// Asks the kernel to report when this server process exits.
     fn watch_server(&mut self, tgid: u32);
+    /// (map, entries, capacity) of the kernel's bookkeeping maps.
+    fn occupancy(&self) -> Vec<(&'static str, usize, usize)>;
 }
 
 /// A stream with this many framed lines and none of them JSON-RPC is dropped.
 const NON_JSONRPC_LINES_BEFORE_IGNORE: u64 = 8;
 /// A view with no traffic for this long is forgotten (its partial line dropped).
 const IDLE_VIEW_NS: u64 = 30 * 60 * 1_000_000_000;
+/// Kernel map occupancy is counted every this many sweeps (seconds).
+const MAP_COUNT_EVERY: u64 = 30;
 /// Sockets whose identity is remembered (beyond this, /proc is asked instead).
 const MAX_SOCKETS: usize = 65_536;
 /// HTTP requests remembered per connection while their responses are awaited.
@@ -98,6 +102,7 @@ pub struct Pipeline<C: StreamControl> {
     health: Health,
     /// Server processes whose exit the kernel was asked to report.
     watched: HashSet<u32>,
+    sweeps: u64,
     metrics: AgentMetrics,
     control: C,
 }
@@ -119,6 +124,7 @@ impl<C: StreamControl> Pipeline<C> {
             correlator,
             health,
             watched: HashSet::new(),
+            sweeps: 0,
             metrics,
             control,
         }
@@ -572,6 +578,21 @@ impl<C: StreamControl> Pipeline<C> {
         self.watched
             .retain(|tgid| servers.iter().any(|(t, _)| t == tgid));
         self.health.update(&servers);
+        // Counting map entries walks the maps key by key: not every second.
+        self.sweeps += 1;
+        if self.sweeps % MAP_COUNT_EVERY == 1 {
+            for (map, entries, capacity) in self.control.occupancy() {
+                let labels = MapLabels { map };
+                self.metrics
+                    .map_entries
+                    .get_or_create(&labels)
+                    .set(entries as i64);
+                self.metrics
+                    .map_capacity
+                    .get_or_create(&labels)
+                    .set(capacity as i64);
+            }
+        }
         self.views
             .retain(|_, v| now_ns.saturating_sub(v.last_ts_ns) < IDLE_VIEW_NS);
         let views = &self.views;
@@ -739,6 +760,9 @@ mod tests {
             self.0.push(stream_id);
         }
         fn watch_server(&mut self, _tgid: u32) {}
+        fn occupancy(&self) -> Vec<(&'static str, usize, usize)> {
+            Vec::new()
+        }
     }
 
     /// Fake kernel: assigns stream offsets and timestamps like the programs do.

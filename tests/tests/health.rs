@@ -131,6 +131,11 @@ fn server_process_figures_match_proc_and_go_away_after_exit() {
         m.sum("mcp_probe_ring_buffer_size_bytes", &[]),
         (16 << 20) as f64
     );
+    // Kernel map occupancy (counted at start, then every 30 s): every process's reads and
+    // writes put descriptors in FDS.
+    assert_eq!(m.sum("mcp_probe_map_capacity", &[("map", "FDS")]), 65536.0);
+    let fds = m.sum("mcp_probe_map_entries", &[("map", "FDS")]);
+    assert!(fds > 0.0 && fds <= 65536.0, "FDS entries {fds}");
 
     // The server exits with its client: its series go.
     std::fs::write(&stop_file, b"stop").expect("stop file");

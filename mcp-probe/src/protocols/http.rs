@@ -105,10 +105,6 @@ enum State {
 pub struct HttpFramer {
     state: State,
     max_body_bytes: usize,
-    /// Methods of requests whose responses are still to come on the other direction are
-    /// not known here; a response to HEAD has no body, which only matters for HEAD, which
-    /// MCP never sends.
-    _private: (),
 }
 
 /// True when `data` starts like an HTTP/1.x request or response (or is too short to tell
@@ -134,7 +130,6 @@ impl HttpFramer {
         Self {
             state: State::Head(Vec::new()),
             max_body_bytes,
-            _private: (),
         }
     }
 

@@ -85,6 +85,15 @@ enum Side {
 }
 
 impl Side {
+    /// The side of a process by its MCP role (HTTP statuses, connection errors).
+    fn of_observer(observer_is_server: bool) -> Self {
+        if observer_is_server {
+            Side::Server
+        } else {
+            Side::Client
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Side::Client => "client",
@@ -519,11 +528,7 @@ impl Correlator {
         // The process writing the response is the server; the one reading it, the client.
         let observer_is_server = obs.direction == Direction::Write;
         let server = self.server_of(obs, observer_is_server, obs.stream);
-        let side = if observer_is_server {
-            Side::Server
-        } else {
-            Side::Client
-        };
+        let side = Side::of_observer(observer_is_server);
         self.finish(
             server,
             obs.ts_ns,
@@ -589,11 +594,7 @@ impl Correlator {
         reason: &'static str,
     ) {
         let server = self.server_of(obs, observer_is_server, obs.stream);
-        let side = if observer_is_server {
-            Side::Server
-        } else {
-            Side::Client
-        };
+        let side = Side::of_observer(observer_is_server);
         self.finish(
             server,
             obs.ts_ns,

@@ -32,49 +32,12 @@ fn proc_status(pid: u32, field: &str) -> f64 {
 fn server_process_figures_match_proc_and_go_away_after_exit() {
     let _guard = exclusive();
     let agent = Agent::start();
-    let stop_file = std::env::temp_dir().join(format!("mcp-probe-health-{}", std::process::id()));
-    let _ = std::fs::remove_file(&stop_file);
-    let client = Command::new(py2())
-        .arg(harness("client.py"))
-        .args([
-            "--scenario",
-            "hold",
-            "--stop-file",
-            &stop_file.display().to_string(),
-            "--",
-        ])
-        .arg(py2())
-        .arg(harness("py2_server.py"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start hold client");
-    let mut client = KillOnDrop(client);
+    let (mut client, stop_file, pid) = hold_session("health");
     let name = "probe-py2";
     let m = agent.wait_for("health series for the server", |m| {
         m.sum("mcp_server_processes", &[("mcp_server_name", name)]) == 1.0
             && m.sum("mcp_server_cpu_seconds_total", &[("mcp_server_name", name)]) >= 0.0
     });
-    // The server: the process whose program is py2_server.py (its client names it last).
-    let out = Command::new("pgrep")
-        .args(["-f", "py2_server.py"])
-        .output()
-        .expect("pgrep");
-    let cmdline =
-        |pid: &u32| std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let pids: Vec<u32> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .filter(|pid| {
-            cmdline(pid)
-                .split('\0')
-                .nth(1)
-                .is_some_and(|a| a.ends_with("py2_server.py"))
-        })
-        .collect();
-    assert_eq!(pids.len(), 1, "one server process: {pids:?}");
-    let pid = pids[0];
     let rss = m.sum(
         "mcp_server_resident_memory_bytes",
         &[("mcp_server_name", name)],

@@ -243,25 +243,18 @@ fn record_header(
 /// A watched server process exited with wait(2) status `status`.
 #[inline(always)]
 pub fn emit_process_exit(pid_tgid: u64, status: u32) {
-    let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) else {
-        stats::add(Stat::RingbufFullRecords, 1);
-        return;
-    };
-    let none = FdState::default();
-    entry.write(record_header(
+    // Not about a stream: the stream fields stay zero.
+    emit_notice(
         pid_tgid,
         0,
         Syscall::Write,
-        &none,
+        &FdState::default(),
         EventKind::ProcessExit,
         status,
-        0,
-    ));
-    entry.submit(wakeup_flags(EVENT_HEADER_LEN as u64));
-    stats::add(Stat::RecordsSubmitted, 1);
+    );
 }
 
-/// A header-only record about a followed stream (`Close`, `Error`).
+/// A header-only record: about a followed stream (`Close`, `Error`) or a process exit.
 #[inline(always)]
 pub fn emit_notice(
     pid_tgid: u64,

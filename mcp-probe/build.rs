@@ -2,8 +2,13 @@ use anyhow::{anyhow, Context as _};
 use aya_build::Toolchain;
 
 /// Builds `mcp-probe-ebpf` for the BPF target (nightly + build-std) and leaves the object in
-/// OUT_DIR, where `loader.rs` embeds it.
+/// OUT_DIR, where `loader.rs` embeds it. Without the `kernel` feature (fuzz targets) there
+/// is no loader and nothing to build.
 fn main() -> anyhow::Result<()> {
+    println!("cargo:rerun-if-env-changed=CARGO_FEATURE_KERNEL");
+    if std::env::var_os("CARGO_FEATURE_KERNEL").is_none() {
+        return Ok(());
+    }
     let cargo_metadata::Metadata { packages, .. } = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

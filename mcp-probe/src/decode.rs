@@ -94,8 +94,8 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
     })
 }
 
-/// Encodes a record the way the kernel does; used by tests and the synthetic generator.
-#[cfg(test)]
+/// Encodes a record the way the kernel does; used by tests, fuzz targets and the synthetic
+/// generator.
 pub fn encode(header: &EventHeader, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(EVENT_HEADER_LEN + payload.len());
     // SAFETY: EventHeader is repr(C) plain data of EVENT_HEADER_LEN bytes.

@@ -1,22 +1,6 @@
 //! mcp-probe: measures MCP (Model Context Protocol) traffic of every process on the host from
-//! the kernel, and exports Prometheus metrics.
-//!
-//! Data flows one way: loader -> reader (ring buffer) -> decode -> pipeline (reassembly,
-//! framing, JSON-RPC) -> correlate (pairing) -> metrics -> server (/metrics).
-
-mod correlate;
-mod decode;
-mod health;
-mod identity;
-mod kernel_offsets;
-mod loader;
-mod metrics;
-mod pipeline;
-mod protocols;
-mod reader;
-mod server;
-mod sessions;
-mod sockets;
+//! the kernel, and exports Prometheus metrics. The stages live in the library (`lib.rs`);
+//! this file parses the command line and wires them together.
 
 use std::{
     net::SocketAddr,
@@ -31,10 +15,12 @@ use anyhow::Context as _;
 use clap::Parser;
 use prometheus_client::registry::Registry;
 
-use crate::{
+use mcp_probe::{
     correlate::{Correlator, CorrelatorConfig},
-    metrics::{BuildInfoLabels, Metrics},
+    health, loader,
+    metrics::{self, BuildInfoLabels, Metrics},
     pipeline::{Pipeline, PipelineConfig},
+    reader, server,
 };
 
 /// Measures MCP traffic of every process on this host from the kernel (eBPF) and serves

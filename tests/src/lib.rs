@@ -68,11 +68,27 @@ pub fn everything_server() -> Vec<String> {
     ]
 }
 
-/// Serialises tests: each starts its own agent, and an agent sees all MCP traffic on the
-/// host, so two at once would count each other's traffic.
-pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// Serialises tests host-wide: each starts its own agent, and an agent sees all MCP traffic
+/// on the host, so two at once (threads of one test binary, or two test runs) would count
+/// each other's traffic. The lock is an `flock` on a file, released when the guard drops.
+pub fn exclusive() -> HostLock {
+    let path = std::env::temp_dir().join("mcp-probe-integration-tests.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid descriptor; flock blocks until the lock is ours.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock {}", path.display());
+    HostLock { _file: file }
+}
+
+/// Holds the host-wide test lock (see [`exclusive`]).
+pub struct HostLock {
+    _file: std::fs::File,
 }
 
 static NEXT_PORT: AtomicU16 = AtomicU16::new(0);

@@ -17,9 +17,11 @@ pub const FDS_MAP: &str = "FDS";
 pub const STREAMS_MAP: &str = "STREAMS";
 /// Name of the global holding [`KernelOffsets`].
 pub const OFFSETS_GLOBAL: &str = "OFFSETS";
-/// Name of the map of MCP server processes whose exit the kernel reports.
-pub const SERVERS_MAP: &str = "SERVERS";
-pub const SERVERS_ENTRIES: u32 = 4096;
+/// Name of the map of MCP processes (clients and servers) whose exit the kernel reports.
+pub const WATCHED_MAP: &str = "WATCHED";
+pub const WATCHED_ENTRIES: u32 = 16_384;
+/// Name of the per-thread map of read/write-family syscalls between entry and exit.
+pub const INFLIGHT_MAP: &str = "INFLIGHT";
 /// Name of the global holding the wake-up threshold in bytes (u64).
 pub const WAKEUP_BYTES_GLOBAL: &str = "WAKEUP_BYTES";
 
@@ -179,7 +181,8 @@ pub struct EventHeader {
     pub kind: u32,
     /// [`Syscall`].
     pub syscall: u32,
-    /// `bpf_ktime_get_ns()` at syscall exit (CLOCK_MONOTONIC).
+    /// CLOCK_MONOTONIC (`bpf_ktime_get_ns()`): when a read returned, or when a write began
+    /// (a write that blocks on a full pipe returns after its reader may have answered it).
     pub ts_ns: u64,
     pub tgid: u32,
     pub tid: u32,
@@ -207,6 +210,34 @@ pub struct EventHeader {
 
 pub const EVENT_HEADER_LEN: usize = core::mem::size_of::<EventHeader>();
 const _: () = assert!(EVENT_HEADER_LEN == 96);
+
+/// Value of the `INFLIGHT` map, keyed by `pid_tgid`: a read/write-family syscall's
+/// arguments, kept from its entry to its exit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct InflightSyscall {
+    /// [`Syscall`].
+    pub syscall: u32,
+    pub fd: u32,
+    /// The user buffer, the iovec array (readv/writev) or the `msghdr` (sendmsg/recvmsg).
+    pub buf: u64,
+    /// The byte count, or the iovec count for readv/writev.
+    pub count: u64,
+    /// [`inflight::FROM_AGENT`] when the agent wrote the entry at start-up for a thread that
+    /// was already blocked in the syscall; the exit hook checks it against the thread's
+    /// registers before trusting it.
+    pub flags: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` at the syscall's entry (0 for entries the agent wrote).
+    pub entry_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<InflightSyscall>() == 40);
+
+/// Flags of [`InflightSyscall::flags`].
+pub mod inflight {
+    /// Written by the agent from `/proc/PID/task/TID/syscall`, not by the entry hook.
+    pub const FROM_AGENT: u32 = 1;
+}
 
 /// Per-CPU statistics kept by the kernel programs (index into the `STATS` array).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,9 +271,17 @@ pub enum Stat {
     /// Highest number of unconsumed ring buffer bytes seen by a producer since the agent
     /// last read (and reset) it. A maximum, not a sum.
     RingHighWater = 12,
+    /// Blocked syscalls found by the agent at start-up whose exit the hook captured.
+    PrefillUsed = 13,
+    /// Entries the agent wrote at start-up that no longer matched the thread's syscall
+    /// (it had returned meanwhile): dropped unused.
+    PrefillStale = 14,
+    /// Cached descriptor verdicts found pointing at another inode than when cached (the
+    /// descriptor number, or its `struct file`, was reused): classified again.
+    FdStale = 15,
 }
 
-pub const STAT_COUNT: u32 = 13;
+pub const STAT_COUNT: u32 = 16;
 
 impl Stat {
     pub const ALL: [Stat; STAT_COUNT as usize] = [
@@ -259,6 +298,9 @@ impl Stat {
         Stat::InflightInsertFailed,
         Stat::TruncatedSyscalls,
         Stat::RingHighWater,
+        Stat::PrefillUsed,
+        Stat::PrefillStale,
+        Stat::FdStale,
     ];
 }
 
@@ -389,4 +431,5 @@ mod pod {
     unsafe impl aya::Pod for super::StreamState {}
     unsafe impl aya::Pod for super::EventHeader {}
     unsafe impl aya::Pod for super::SocketInfo {}
+    unsafe impl aya::Pod for super::InflightSyscall {}
 }

@@ -12,8 +12,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_ktime_get_ns, bpf_probe_read_user, generated},
 };
 use mcp_probe_common::{
-    EventHeader, EventKind, FdState, SocketInfo, Stat, Syscall, EVENT_HEADER_LEN, MAX_CHUNK,
-    MAX_IOV, MAX_RECORDS_PER_SYSCALL, SOCKET_INFO_LEN, TAIL_BYTES,
+    Direction, EventHeader, EventKind, FdState, SocketInfo, Stat, Syscall, EVENT_HEADER_LEN,
+    MAX_CHUNK, MAX_IOV, MAX_RECORDS_PER_SYSCALL, SOCKET_INFO_LEN, TAIL_BYTES,
 };
 
 use aya_ebpf::{macros::map, maps::PerCpuArray};
@@ -83,6 +83,11 @@ pub fn emit_syscall(
     };
     let vectored = syscall.is_vectored();
     let mut header = record_header(pid_tgid, inflight.fd, syscall, fd, EventKind::Data, 0, 0);
+    if syscall.direction() == Direction::Write && inflight.entry_ns != 0 {
+        // A write is timed from its start: one that blocked on a full pipe returns after
+        // its reader may already have answered it.
+        header.ts_ns = inflight.entry_ns;
+    }
     header.stream_offset = stream_offset;
     header.syscall_len = len;
     // SAFETY: valid per-CPU map value; nothing else runs on this CPU meanwhile.

@@ -45,11 +45,17 @@ pub fn current_file(fd: u32) -> Result<u64, i64> {
     read_u64(fd_array + (fd as u64) * 8)
 }
 
+/// The address of the inode behind a `struct file *`.
+#[inline(always)]
+pub fn file_inode(file: u64) -> Result<u64, i64> {
+    read_u64(file + offsets().file_f_inode)
+}
+
 /// The inode behind a `struct file *` and whether it is a stream we may follow.
 #[inline(always)]
 pub fn file_info(file: u64) -> Result<FileInfo, i64> {
     let off = offsets();
-    let inode = read_u64(file + off.file_f_inode)?;
+    let inode = file_inode(file)?;
     // SAFETY: as read_u64.
     let mode: u16 = unsafe { bpf_probe_read_kernel((inode + off.inode_i_mode) as *const u16) }
         .map_err(|e| e as i64)?;

@@ -6,18 +6,23 @@
 //! stream carries JSON-RPC (once per stream), and copy the bytes of followed streams.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    bindings::pt_regs,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, generated::bpf_task_pt_regs,
+    },
     macros::tracepoint,
     programs::TracePointContext,
 };
 use aya_log_ebpf::debug;
 use mcp_probe_common::{
-    errno, verdict, EventKind, FdState, Stat, StreamKind, StreamState, Syscall, MAX_PROBES,
+    errno, inflight, verdict, EventKind, FdState, Stat, StreamKind, StreamState, Syscall,
+    MAX_PROBES,
 };
 
 use crate::{
     capture, classify,
-    fdtable::{current_file, file_info},
+    fdtable::{current_file, file_info, file_inode},
     maps::{Inflight, FDS, INFLIGHT, STREAMS},
     stats,
 };
@@ -150,6 +155,10 @@ fn on_enter(ctx: &TracePointContext, syscall: Syscall) -> u32 {
         fd,
         buf,
         count,
+        flags: 0,
+        _pad: 0,
+        // SAFETY: helper without preconditions.
+        entry_ns: unsafe { bpf_ktime_get_ns() },
     };
     if INFLIGHT.insert(pid_tgid, inflight, 0).is_err() {
         stats::add(Stat::InflightInsertFailed, 1);
@@ -165,6 +174,15 @@ fn on_exit(ctx: &TracePointContext) -> u32 {
         return 0;
     };
     let _ = INFLIGHT.remove(pid_tgid);
+    if inflight.flags & inflight::FROM_AGENT != 0 {
+        // Written by the agent for a syscall that was already blocked when it started: trust
+        // it only if this exit is that syscall's (it may have returned in between).
+        if !registers_match(&inflight) {
+            stats::add(Stat::PrefillStale, 1);
+            return 0;
+        }
+        stats::add(Stat::PrefillUsed, 1);
+    }
     // SAFETY: `ret` of the sys_exit format.
     let Ok(ret) = (unsafe { ctx.read_at::<i64>(RET) }) else {
         return 0;
@@ -203,6 +221,24 @@ fn on_exit(ctx: &TracePointContext) -> u32 {
     }
 }
 
+/// The current thread's saved syscall arguments are those of `inflight` (x86_64: the first
+/// two arguments are in rdi and rsi, which the kernel does not change during the syscall).
+#[inline(always)]
+fn registers_match(inflight: &Inflight) -> bool {
+    // SAFETY: helpers without preconditions; the registers are read through the checked
+    // kernel-read helper.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as *const pt_regs;
+        let (Ok(fd), Ok(buf)) = (
+            bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rdi)),
+            bpf_probe_read_kernel(core::ptr::addr_of!((*regs).rsi)),
+        ) else {
+            return false;
+        };
+        fd == u64::from(inflight.fd) && buf == inflight.buf
+    }
+}
+
 #[inline(always)]
 fn try_exit(
     ctx: &TracePointContext,
@@ -219,8 +255,14 @@ fn try_exit(
     // SAFETY: copied out at once.
     let cached = unsafe { FDS.get(key) }.copied();
     let fd_state = match cached {
-        Some(s) if s.file == file => s,
+        // The same descriptor and file as when cached. A `struct file` freed and reused for
+        // another open (after a close the hooks did not see, e.g. close_range) points to
+        // another inode: classified again below.
+        Some(s) if s.file == file && (s.kind == 0 || file_inode(file)? == s.stream_id) => s,
         _ => {
+            if cached.is_some_and(|s| s.file == file) {
+                stats::add(Stat::FdStale, 1);
+            }
             // New descriptor, or the number now points to another file.
             let info = file_info(file)?;
             let state = FdState {

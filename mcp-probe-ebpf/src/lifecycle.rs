@@ -12,7 +12,7 @@ use mcp_probe_common::{EventKind, Syscall};
 use crate::{
     capture,
     io::{fd_key, report_on_followed_socket},
-    maps::{offsets, FDS, SERVERS},
+    maps::{offsets, FDS, WATCHED},
 };
 
 /// Descriptors forgotten at fork and exec (stdio and the first few others).
@@ -57,14 +57,15 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     0
 }
 
-/// A watched MCP server's last thread exits: report its exit status (restarts and crash
-/// loops are counted from these). Every other process exit costs one map lookup.
+/// A watched MCP process's last thread exits: report its exit status (the agent counts
+/// server restarts and crash loops from these, and forgets the process before its pid can
+/// be reused). Every other process exit costs one map lookup.
 #[tracepoint]
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: copied out at once.
-    if unsafe { SERVERS.get(tgid) }.is_none() {
+    if unsafe { WATCHED.get(tgid) }.is_none() {
         return 0;
     }
     let off = offsets();
@@ -77,7 +78,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     if !last_thread {
         return 0;
     }
-    let _ = SERVERS.remove(tgid);
+    let _ = WATCHED.remove(tgid);
     // SAFETY: reading the current task through the helper, failure handled.
     let status = unsafe {
         let task = bpf_get_current_task();

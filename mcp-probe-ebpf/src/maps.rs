@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use mcp_probe_common::{
-    FdState, KernelOffsets, StreamState, DEFAULT_RING_BYTES, FDS_ENTRIES, INFLIGHT_ENTRIES,
-    SERVERS_ENTRIES, STAT_COUNT, STREAMS_ENTRIES,
+    FdState, InflightSyscall, KernelOffsets, StreamState, DEFAULT_RING_BYTES, FDS_ENTRIES,
+    INFLIGHT_ENTRIES, STAT_COUNT, STREAMS_ENTRIES, WATCHED_ENTRIES,
 };
 
 /// Records for the agent: an `EventHeader` then the captured bytes. The agent resizes it
@@ -29,26 +29,18 @@ pub static FDS: LruHashMap<u64, FdState> = LruHashMap::with_max_entries(FDS_ENTR
 #[map]
 pub static STREAMS: LruHashMap<u64, StreamState> = LruHashMap::with_max_entries(STREAMS_ENTRIES, 0);
 
-/// Key tgid -> 1: MCP server processes (set by the agent) whose exit is reported.
+/// Key tgid -> 1: MCP processes (set by the agent when it first sees their traffic) whose
+/// exit is reported, so the agent forgets them before their pid can be reused.
 #[map]
-pub static SERVERS: HashMap<u32, u32> = HashMap::with_max_entries(SERVERS_ENTRIES, 0);
+pub static WATCHED: HashMap<u32, u32> = HashMap::with_max_entries(WATCHED_ENTRIES, 0);
 
 /// Key pid_tgid -> the arguments of a read/write-family syscall between entry and exit.
+/// The agent also writes entries at start-up for threads already blocked in such a syscall.
 #[map]
 pub static INFLIGHT: LruHashMap<u64, Inflight> = LruHashMap::with_max_entries(INFLIGHT_ENTRIES, 0);
 
 /// Syscall arguments kept from entry to exit.
-#[derive(Clone, Copy)]
-#[repr(C)]
-pub struct Inflight {
-    /// `mcp_probe_common::Syscall`.
-    pub syscall: u32,
-    pub fd: u32,
-    /// The user buffer, or the iovec array for readv/writev.
-    pub buf: u64,
-    /// The byte count, or the iovec count for readv/writev.
-    pub count: u64,
-}
+pub type Inflight = InflightSyscall;
 
 /// Kernel struct offsets from BTF, set by the agent at load time.
 #[unsafe(no_mangle)]

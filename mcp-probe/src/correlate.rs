@@ -17,9 +17,9 @@ use mcp_probe_common::Direction;
 use crate::{
     identity::Processes,
     metrics::{
-        ClientLabels, ConnectionErrorLabels, HttpStatusLabels, LabelCap, Metrics,
-        NotificationLabels, OperationLabels, RequestLabels, ResponseLabels, ServerSideLabels,
-        SessionLabels, SideMetrics, TransportLabels, UserLabels,
+        ClientLabels, ConnectionErrorLabels, HttpStatusLabels, LabelCap, LabelNameLabels, Metrics,
+        NotificationLabels, OperationLabels, RequestLabels, ResponseLabels, SeriesCap,
+        ServerSideLabels, SessionLabels, SideMetrics, TransportLabels, UserLabels, OTHER,
     },
     protocols::jsonrpc::{Id, Message},
     sessions::{Role, Session, SessionId, SessionKey, Sessions, IDLE_NS},
@@ -111,6 +111,8 @@ impl Side {
 
 #[derive(Debug)]
 struct Pending {
+    /// Arrival order within the correlator (for evicting the oldest).
+    seq: u64,
     stream: StreamKey,
     method: String,
     tool: Option<String>,
@@ -134,6 +136,55 @@ struct PendingKey {
     direction: Direction,
 }
 
+/// The requests one process sent (or received) that wait for their responses: the pairing
+/// domain, bounded by `max_pending_per_process`.
+#[derive(Debug, Default)]
+struct Channel {
+    by_id: HashMap<Id, Vec<Pending>>,
+    /// `(seq, id)` in arrival order. Entries of requests already answered are skipped when
+    /// met, and the queue is rebuilt when they outnumber the live ones.
+    order: VecDeque<(u64, Id)>,
+    len: usize,
+}
+
+impl Channel {
+    fn compact(&mut self) {
+        let mut live: Vec<(u64, Id)> = self
+            .by_id
+            .iter()
+            .flat_map(|(id, list)| list.iter().map(move |p| (p.seq, id.clone())))
+            .collect();
+        live.sort_unstable_by_key(|(seq, _)| *seq);
+        self.order = live.into();
+    }
+}
+
+/// A response read before the record of its request arrived. A write is reported when the
+/// syscall returns, and a write that blocked on a full pipe returns after the peer has
+/// already read the first requests and answered them, so their responses come first. Held
+/// for [`EARLY_HOLD_NS`], then counted as unpaired.
+#[derive(Debug)]
+struct EarlyResponse {
+    tgid: u32,
+    comm: String,
+    direction: Direction,
+    stream: StreamKey,
+    transport: &'static str,
+    peer: Option<ServerRef>,
+    session: Option<String>,
+    user: Option<String>,
+    ts_ns: u64,
+    size: u64,
+    outcome: Outcome,
+}
+
+/// How long (kernel time) what was learned about an exited process is kept for its peers.
+const PURGE_AFTER_NS: u64 = 2_000_000_000;
+/// How long (kernel time) a response may wait for its request's record.
+const EARLY_HOLD_NS: u64 = 1_000_000_000;
+/// Responses held at once waiting for their requests.
+const MAX_EARLY: usize = 4096;
+
 /// Settings of the correlator.
 #[derive(Debug, Clone)]
 pub struct CorrelatorConfig {
@@ -144,6 +195,16 @@ pub struct CorrelatorConfig {
     pub max_servers: usize,
     /// Requests waiting for a response, across all processes.
     pub max_pending: usize,
+    /// Requests waiting for a response, per process and direction.
+    pub max_pending_per_process: usize,
+    pub max_clients: usize,
+    pub max_users: usize,
+    /// Distinct `error_type` values (JSON-RPC error codes come from traffic).
+    pub max_error_types: usize,
+    /// Label combinations (series) per family of per-request metrics, per side.
+    pub max_series: usize,
+    /// Sessions tracked at once.
+    pub max_sessions: usize,
 }
 
 impl Default for CorrelatorConfig {
@@ -155,6 +216,12 @@ impl Default for CorrelatorConfig {
             max_prompts: 256,
             max_servers: 256,
             max_pending: 100_000,
+            max_pending_per_process: 10_000,
+            max_clients: 256,
+            max_users: 1024,
+            max_error_types: 128,
+            max_series: 5_000,
+            max_sessions: 100_000,
         }
     }
 }
@@ -215,12 +282,20 @@ pub struct Correlator {
     config: CorrelatorConfig,
     metrics: Metrics,
     pub processes: Processes,
-    pending: HashMap<PendingKey, HashMap<Id, Vec<Pending>>>,
+    pending: HashMap<PendingKey, Channel>,
     pending_count: usize,
+    next_seq: u64,
     /// Requests finished without a response (cancelled or timed out): a late response is
     /// counted as late, not as unpaired.
     finished_early: HashMap<(PendingKey, Id), u64>,
     finished_early_order: VecDeque<(PendingKey, Id)>,
+    early: HashMap<(PendingKey, Id), Vec<EarlyResponse>>,
+    /// `(ts, key, id)` of the held responses, oldest first (entries of responses paired
+    /// meanwhile are skipped when met).
+    early_order: VecDeque<(u64, PendingKey, Id)>,
+    early_count: usize,
+    /// Processes that exited, with when: forgotten after [`PURGE_AFTER_NS`].
+    exited: HashMap<u32, u64>,
     /// Stream -> the MCP server on that stream, learned from traffic.
     server_of_stream: HashMap<StreamKey, ServerRef>,
     /// `serverInfo.name` announced by each server.
@@ -239,6 +314,11 @@ pub struct Correlator {
     tools: LabelCap,
     prompts: LabelCap,
     servers: LabelCap,
+    errors: LabelCap,
+    /// Series of the per-request families, per side (client, server).
+    exchange_series: [SeriesCap; 2],
+    notification_series: [SeriesCap; 2],
+    user_series: SeriesCap,
 }
 
 const FINISHED_EARLY_CAP: usize = 10_000;
@@ -249,25 +329,40 @@ impl Correlator {
     pub fn new(config: CorrelatorConfig, metrics: Metrics) -> Self {
         Self {
             methods: LabelCap::new("mcp_method_name", config.max_methods),
-            clients: LabelCap::new("client_name", config.max_servers),
+            clients: LabelCap::new("client_name", config.max_clients),
+            errors: LabelCap::new("error_type", config.max_error_types),
+            exchange_series: [
+                SeriesCap::new(config.max_series),
+                SeriesCap::new(config.max_series),
+            ],
+            notification_series: [
+                SeriesCap::new(config.max_series),
+                SeriesCap::new(config.max_series),
+            ],
+            user_series: SeriesCap::new(config.max_series),
             tools: LabelCap::new("gen_ai_tool_name", config.max_tools),
             prompts: LabelCap::new("gen_ai_prompt_name", config.max_prompts),
             servers: LabelCap::new("mcp_server_name", config.max_servers),
-            config,
             metrics,
             processes: Processes::default(),
             pending: HashMap::new(),
             pending_count: 0,
+            next_seq: 0,
             finished_early: HashMap::new(),
             finished_early_order: VecDeque::new(),
+            early: HashMap::new(),
+            early_order: VecDeque::new(),
+            early_count: 0,
+            exited: HashMap::new(),
             server_of_stream: HashMap::new(),
             announced: HashMap::new(),
             settled: HashSet::new(),
             unsettled: HashMap::new(),
-            sessions: Sessions::default(),
+            sessions: Sessions::new(config.max_sessions),
             writers: HashMap::new(),
             uids: HashMap::new(),
-            users: LabelCap::new("user", 1024),
+            users: LabelCap::new("user", config.max_users),
+            config,
         }
     }
 
@@ -321,13 +416,15 @@ impl Correlator {
                 } else {
                     None
                 };
+                let key = PendingKey {
+                    tgid: obs.tgid,
+                    direction: obs.direction,
+                };
                 self.add_pending(
-                    PendingKey {
-                        tgid: obs.tgid,
-                        direction: obs.direction,
-                    },
-                    id,
+                    key,
+                    id.clone(),
                     Pending {
+                        seq: 0,
                         stream: obs.stream,
                         method: method_label,
                         tool,
@@ -340,6 +437,7 @@ impl Correlator {
                         user,
                     },
                 );
+                self.answer_early(key, id);
             }
             Message::Notification { method, info } => {
                 if method == "notifications/cancelled" {
@@ -385,17 +483,34 @@ impl Correlator {
         }
     }
 
-    fn add_pending(&mut self, key: PendingKey, id: Id, pending: Pending) {
+    fn add_pending(&mut self, key: PendingKey, id: Id, mut pending: Pending) {
         if self.pending_count >= self.config.max_pending {
-            // Bounded: the oldest request of this process and direction gives way.
+            // Bounded: the oldest request of the busiest channel gives way.
+            let busiest = self
+                .pending
+                .iter()
+                .max_by_key(|(_, c)| c.len)
+                .map(|(k, _)| *k);
+            if let Some(busiest) = busiest {
+                self.evict_oldest(busiest);
+            }
+        }
+        if self
+            .pending
+            .get(&key)
+            .is_some_and(|c| c.len >= self.config.max_pending_per_process)
+        {
             self.evict_oldest(key);
         }
-        self.pending
-            .entry(key)
-            .or_default()
-            .entry(id)
-            .or_default()
-            .push(pending);
+        pending.seq = self.next_seq;
+        self.next_seq += 1;
+        let channel = self.pending.entry(key).or_default();
+        channel.order.push_back((pending.seq, id.clone()));
+        channel.by_id.entry(id).or_default().push(pending);
+        channel.len += 1;
+        if channel.order.len() > 2 * channel.len + 64 {
+            channel.compact();
+        }
         self.pending_count += 1;
         self.metrics
             .agent
@@ -403,17 +518,23 @@ impl Correlator {
             .set(self.pending_count as i64);
     }
 
+    /// Gives up on the oldest request of a channel: counted in `mcp_probe_evictions_total`,
+    /// not as an MCP outcome (none is known). A response that still comes is late.
     fn evict_oldest(&mut self, key: PendingKey) {
-        let Some(by_id) = self.pending.get(&key) else {
-            return;
-        };
-        let oldest = by_id
-            .iter()
-            .flat_map(|(id, list)| list.iter().map(move |p| (p.ts_ns, id.clone())))
-            .min_by_key(|(ts, _)| *ts);
-        if let Some((_, id)) = oldest {
-            if let Some(p) = self.take_at(key, &id, 0) {
-                self.finish_early(key, id, p, Ending::Timeout);
+        loop {
+            let Some((seq, id)) = self.pending.get_mut(&key).and_then(|c| c.order.pop_front())
+            else {
+                return;
+            };
+            let index = self
+                .pending
+                .get(&key)
+                .and_then(|c| c.by_id.get(&id))
+                .and_then(|list| list.iter().position(|p| p.seq == seq));
+            if let Some(p) = index.and_then(|i| self.take_at(key, &id, i)) {
+                self.metrics.agent.evicted("pending_request", 1);
+                self.remember_finished_early(key, id, p.ts_ns);
+                return;
             }
         }
     }
@@ -427,7 +548,7 @@ impl Correlator {
         stream: StreamKey,
         session: Option<&str>,
     ) -> Option<usize> {
-        let list = self.pending.get(&key)?.get(id)?;
+        let list = self.pending.get(&key)?.by_id.get(id)?;
         let same_session = |p: &Pending| session.is_some() && p.session.as_deref() == session;
         let server = self.server_of_stream.get(&stream);
         let same_server =
@@ -442,16 +563,17 @@ impl Correlator {
     }
 
     fn take_at(&mut self, key: PendingKey, id: &Id, index: usize) -> Option<Pending> {
-        let by_id = self.pending.get_mut(&key)?;
-        let list = by_id.get_mut(id)?;
+        let channel = self.pending.get_mut(&key)?;
+        let list = channel.by_id.get_mut(id)?;
         if index >= list.len() {
             return None;
         }
         let p = list.remove(index);
         if list.is_empty() {
-            by_id.remove(id);
+            channel.by_id.remove(id);
         }
-        if by_id.is_empty() {
+        channel.len -= 1;
+        if channel.len == 0 {
             self.pending.remove(&key);
         }
         self.pending_count -= 1;
@@ -478,11 +600,11 @@ impl Correlator {
             return;
         };
         let Some(p) = self.take(key, &id, obs) else {
-            if self.finished_early.remove(&(key, id)).is_some() {
+            if self.finished_early.remove(&(key, id.clone())).is_some() {
                 // The answer to a request already counted as cancelled or timed out.
                 self.metrics.agent.late_responses.inc();
             } else {
-                self.unpaired(obs);
+                self.hold_early(obs, key, id, outcome);
             }
             return;
         };
@@ -522,6 +644,93 @@ impl Correlator {
         self.finish(server, obs.ts_ns, finished);
     }
 
+    /// Holds a response whose request has not been seen (yet).
+    fn hold_early(&mut self, obs: &Observation<'_>, key: PendingKey, id: Id, outcome: Outcome) {
+        self.expire_early(obs.ts_ns);
+        if self.early_count >= MAX_EARLY {
+            self.expire_early(u64::MAX);
+        }
+        self.early
+            .entry((key, id.clone()))
+            .or_default()
+            .push(EarlyResponse {
+                tgid: obs.tgid,
+                comm: obs.comm.to_owned(),
+                direction: obs.direction,
+                stream: obs.stream,
+                transport: obs.transport,
+                peer: obs.peer.cloned(),
+                session: obs.session.map(str::to_owned),
+                user: obs.user.map(str::to_owned),
+                ts_ns: obs.ts_ns,
+                size: obs.size,
+                outcome,
+            });
+        self.early_order.push_back((obs.ts_ns, key, id));
+        self.early_count += 1;
+        if self.early_order.len() > 2 * self.early_count + 64 {
+            let early = &self.early;
+            self.early_order.retain(|(ts, k, id)| {
+                early
+                    .get(&(*k, id.clone()))
+                    .is_some_and(|l| l.iter().any(|e| e.ts_ns == *ts))
+            });
+        }
+    }
+
+    /// The request `key`/`id` was just added: a response that came before it pairs now.
+    fn answer_early(&mut self, key: PendingKey, id: Id) {
+        let Some(list) = self.early.get_mut(&(key, id.clone())) else {
+            return;
+        };
+        let e = list.remove(0);
+        if list.is_empty() {
+            self.early.remove(&(key, id.clone()));
+        }
+        self.early_count -= 1;
+        self.metrics.agent.reordered_responses.inc();
+        let obs = Observation {
+            tgid: e.tgid,
+            comm: &e.comm,
+            direction: e.direction,
+            stream: e.stream,
+            transport: e.transport,
+            peer: e.peer.as_ref(),
+            session: e.session.as_deref(),
+            user: e.user.as_deref(),
+            ts_ns: e.ts_ns,
+            size: e.size,
+        };
+        self.on_response(&obs, Some(id), e.outcome);
+    }
+
+    /// Held responses older than [`EARLY_HOLD_NS`] at `now_ns` (all but the newest when
+    /// `now_ns` is `u64::MAX`: one, to make room) are unpaired after all.
+    fn expire_early(&mut self, now_ns: u64) {
+        let make_room = now_ns == u64::MAX;
+        while let Some((ts, key, id)) = self.early_order.front().cloned() {
+            if !make_room && ts.saturating_add(EARLY_HOLD_NS) >= now_ns {
+                return;
+            }
+            self.early_order.pop_front();
+            let Some(list) = self.early.get_mut(&(key, id.clone())) else {
+                continue;
+            };
+            let Some(index) = list.iter().position(|e| e.ts_ns == ts) else {
+                continue;
+            };
+            let e = list.remove(index);
+            if list.is_empty() {
+                self.early.remove(&(key, id));
+            }
+            self.early_count -= 1;
+            self.unpaired_on(e.transport);
+            if make_room {
+                return;
+            }
+        }
+    }
+
     /// An HTTP response head: counted per status class, auth failure and rate limiting,
     /// under the server's settled name.
     pub fn on_http_response(&mut self, obs: &Observation<'_>, status: u16) {
@@ -553,11 +762,15 @@ impl Correlator {
     }
 
     fn unpaired(&self, obs: &Observation<'_>) {
+        self.unpaired_on(obs.transport);
+    }
+
+    fn unpaired_on(&self, transport: &'static str) {
         self.metrics
             .agent
             .unpaired_responses
             .get_or_create(&TransportLabels {
-                network_transport: obs.transport,
+                network_transport: transport,
             })
             .inc();
     }
@@ -575,7 +788,7 @@ impl Correlator {
                 let on_stream = self
                     .pending
                     .get(&key)
-                    .and_then(|m| m.get(&id))
+                    .and_then(|c| c.by_id.get(&id))
                     .and_then(|list| list.iter().position(|p| p.stream == obs.stream));
                 if let Some(index) = on_stream {
                     if let Some(p) = self.take_at(key, &id, index) {
@@ -617,15 +830,20 @@ impl Correlator {
         }
     }
 
-    /// A request that ends without a response (cancelled, timed out, evicted).
-    fn finish_early(&mut self, key: PendingKey, id: Id, p: Pending, ending: Ending) {
-        self.finished_early.insert((key, id.clone()), p.ts_ns);
+    /// A response to this request, should it come, is late rather than unpaired.
+    fn remember_finished_early(&mut self, key: PendingKey, id: Id, ts_ns: u64) {
+        self.finished_early.insert((key, id.clone()), ts_ns);
         self.finished_early_order.push_back((key, id));
         while self.finished_early_order.len() > FINISHED_EARLY_CAP {
             if let Some(k) = self.finished_early_order.pop_front() {
                 self.finished_early.remove(&k);
             }
         }
+    }
+
+    /// A request that ends without a response (cancelled, timed out).
+    fn finish_early(&mut self, key: PendingKey, id: Id, p: Pending, ending: Ending) {
+        self.remember_finished_early(key, id, p.ts_ns);
         let server = if p.server_is_observer {
             Some(ServerRef::Process(key.tgid))
         } else {
@@ -691,7 +909,7 @@ impl Correlator {
         }
     }
 
-    fn record(&self, server: &str, finished: Finished) {
+    fn record(&mut self, server: &str, finished: Finished) {
         match finished {
             Finished::ConnectionError {
                 side,
@@ -747,38 +965,61 @@ impl Correlator {
                 method,
                 transport,
             } => {
-                self.side(side)
-                    .notifications
-                    .get_or_create(&NotificationLabels {
-                        mcp_server_name: server.to_owned(),
-                        mcp_method_name: method,
-                        network_transport: transport,
-                    })
-                    .inc();
+                let mut labels = NotificationLabels {
+                    mcp_server_name: server.to_owned(),
+                    mcp_method_name: method,
+                    network_transport: transport,
+                };
+                if !self.notification_series[side as usize].admit(&labels) {
+                    self.series_overflow();
+                    labels.mcp_method_name = OTHER.to_owned();
+                }
+                self.side(side).notifications.get_or_create(&labels).inc();
             }
             Finished::Exchange {
                 side,
                 pending: p,
                 ending,
             } => {
-                let m = self.side(side);
-                let request = RequestLabels {
+                let overflow = &self.metrics.agent.label_overflow;
+                let (outcome, mut error_type) = match &ending {
+                    Ending::Response { outcome, .. } => {
+                        let (name, error) = outcome.labels();
+                        (Some(name), error.map(|e| self.errors.value(&e, overflow)))
+                    }
+                    Ending::Cancelled | Ending::Timeout => (None, None),
+                };
+                let mut request = RequestLabels {
                     mcp_server_name: server.to_owned(),
                     mcp_method_name: p.method,
                     gen_ai_tool_name: p.tool,
                     gen_ai_prompt_name: p.prompt,
                     network_transport: p.transport,
                 };
-                m.requests.get_or_create(&request).inc();
-                if let Some(user) = p.user {
-                    self.metrics
-                        .user_requests
-                        .get_or_create(&UserLabels {
-                            mcp_server_name: server.to_owned(),
-                            user,
-                        })
-                        .inc();
+                let series = (&request, outcome, &error_type);
+                if !self.exchange_series[side as usize].admit(&series) {
+                    // Past the series cap: the traffic-derived labels fold into `_other`.
+                    self.series_overflow();
+                    request.mcp_method_name = OTHER.to_owned();
+                    request.gen_ai_tool_name = None;
+                    request.gen_ai_prompt_name = None;
+                    if error_type.is_some() {
+                        error_type = Some(OTHER.to_owned());
+                    }
                 }
+                if let Some(user) = p.user {
+                    let mut labels = UserLabels {
+                        mcp_server_name: server.to_owned(),
+                        user,
+                    };
+                    if !self.user_series.admit(&labels) {
+                        self.series_overflow();
+                        labels.user = OTHER.to_owned();
+                    }
+                    self.metrics.user_requests.get_or_create(&labels).inc();
+                }
+                let m = self.side(side);
+                m.requests.get_or_create(&request).inc();
                 m.request_size
                     .get_or_create(&request)
                     .observe(p.size as f64);
@@ -790,17 +1031,14 @@ impl Correlator {
                         m.timeouts.get_or_create(&request).inc();
                     }
                     Ending::Response {
-                        outcome,
-                        size,
-                        duration_s,
+                        size, duration_s, ..
                     } => {
-                        let (outcome, error_type) = outcome.labels();
                         let response = ResponseLabels {
                             mcp_server_name: request.mcp_server_name.clone(),
                             mcp_method_name: request.mcp_method_name.clone(),
                             gen_ai_tool_name: request.gen_ai_tool_name.clone(),
                             gen_ai_prompt_name: request.gen_ai_prompt_name.clone(),
-                            outcome,
+                            outcome: outcome.unwrap_or("ok"),
                             error_type: error_type.clone(),
                             network_transport: request.network_transport,
                         };
@@ -826,10 +1064,21 @@ impl Correlator {
     /// Times out old requests and settles servers that never announced a name.
     /// `now_ns` is CLOCK_MONOTONIC, the clock of the kernel timestamps.
     pub fn sweep(&mut self, now_ns: u64) {
+        self.expire_early(now_ns);
+        let gone: Vec<u32> = self
+            .exited
+            .iter()
+            .filter(|(_, &at)| now_ns.saturating_sub(at) > PURGE_AFTER_NS)
+            .map(|(&tgid, _)| tgid)
+            .collect();
+        for tgid in gone {
+            self.exited.remove(&tgid);
+            self.forget_process(tgid);
+        }
         let deadline = now_ns.saturating_sub(self.config.request_timeout_ns);
         let mut expired = Vec::new();
-        for (key, by_id) in &self.pending {
-            for (id, list) in by_id {
+        for (key, channel) in &self.pending {
+            for (id, list) in &channel.by_id {
                 for (index, p) in list.iter().enumerate().rev() {
                     if p.ts_ns < deadline {
                         expired.push((*key, id.clone(), index));
@@ -856,15 +1105,31 @@ impl Correlator {
         }
         self.sweep_sessions(now_ns);
         // Forget servers whose process is gone (bounded memory; a reused pid starts fresh).
-        let processes = &self.processes;
-        let alive =
-            |s: &ServerRef| !matches!(s, ServerRef::Process(tgid) if !processes.is_alive(*tgid));
+        // One /proc look per process, however many entries name it.
+        let mut tgids: Vec<u32> = self
+            .settled
+            .iter()
+            .chain(self.announced.keys())
+            .chain(self.server_of_stream.values())
+            .filter_map(|s| match s {
+                ServerRef::Process(tgid) => Some(*tgid),
+                ServerRef::Endpoint(_) => None,
+            })
+            .chain(self.writers.values().copied())
+            .chain(self.uids.keys().copied())
+            .collect();
+        tgids.sort_unstable();
+        tgids.dedup();
+        let dead: HashSet<u32> = tgids
+            .into_iter()
+            .filter(|&t| !self.processes.is_alive(t))
+            .collect();
+        let alive = |s: &ServerRef| !matches!(s, ServerRef::Process(tgid) if dead.contains(tgid));
         self.settled.retain(alive);
         self.announced.retain(|s, _| alive(s));
         self.server_of_stream.retain(|_, s| alive(s));
-        let processes = &self.processes;
-        self.writers.retain(|_, tgid| processes.is_alive(*tgid));
-        self.uids.retain(|tgid, _| processes.is_alive(*tgid));
+        self.writers.retain(|_, tgid| !dead.contains(tgid));
+        self.uids.retain(|tgid, _| !dead.contains(tgid));
         self.processes.sweep();
     }
 
@@ -921,8 +1186,10 @@ impl Correlator {
             server,
             id,
         };
-        if let Some(ended) = self.sessions.touch(key.clone(), obs.transport, obs.ts_ns) {
-            self.end_sessions(vec![ended]);
+        let evicted = self.sessions.touch(key.clone(), obs.transport, obs.ts_ns);
+        if !evicted.is_empty() {
+            self.metrics.agent.evicted("session", evicted.len() as u64);
+            self.end_sessions(evicted);
         }
         Some(key)
     }
@@ -933,6 +1200,86 @@ impl Correlator {
             k.observer == obs.tgid && matches!(&k.id, SessionId::Http(id) if &**id == session)
         });
         self.end_sessions_at(ended, obs.ts_ns);
+    }
+
+    /// A process exited. The requests it was waiting on will never be answered for it
+    /// (counted as cancelled, as when a connection closes), the responses it read before
+    /// their requests were reported never will be paired, and its sessions end now. What
+    /// was learned about it (its name, its streams) is kept for its peers, which may still
+    /// be reading what it wrote, until [`PURGE_AFTER_NS`] has passed or a new process
+    /// with its pid shows up ([`Correlator::on_process_seen`]), whichever comes first.
+    pub fn on_process_exit(&mut self, tgid: u32, ts_ns: u64) {
+        for direction in [Direction::Write, Direction::Read] {
+            let key = PendingKey { tgid, direction };
+            let Some(channel) = self.pending.remove(&key) else {
+                continue;
+            };
+            self.pending_count -= channel.len;
+            for (id, list) in channel.by_id {
+                for p in list {
+                    self.finish_early(key, id.clone(), p, Ending::Cancelled);
+                }
+            }
+        }
+        self.metrics
+            .agent
+            .pending_requests
+            .set(self.pending_count as i64);
+        self.finished_early.retain(|(k, _), _| k.tgid != tgid);
+        let held: Vec<(PendingKey, Id)> = self
+            .early
+            .keys()
+            .filter(|(k, _)| k.tgid == tgid)
+            .cloned()
+            .collect();
+        for key in held {
+            for e in self.early.remove(&key).unwrap_or_default() {
+                self.early_count -= 1;
+                self.unpaired_on(e.transport);
+            }
+        }
+        let server = ServerRef::Process(tgid);
+        // Its sessions end, under the name it had.
+        let ended = self
+            .sessions
+            .end(|k| k.observer == tgid || k.server == server);
+        if !ended.is_empty() {
+            self.end_sessions_at(ended, ts_ns);
+            self.refresh_session_gauges();
+        }
+        self.exited.insert(tgid, ts_ns);
+    }
+
+    /// A record of `tgid` arrived. If a process with that pid exited before, this is a new
+    /// process that reuses the pid: the old one is forgotten first.
+    pub fn on_process_seen(&mut self, tgid: u32) {
+        if self.exited.remove(&tgid).is_some() {
+            self.forget_process(tgid);
+        }
+    }
+
+    fn forget_process(&mut self, tgid: u32) {
+        let server = ServerRef::Process(tgid);
+        let was_server = self.settled.contains(&server)
+            || self.unsettled.contains_key(&server)
+            || self.announced.contains_key(&server);
+        if was_server {
+            // Count what waited for its name under the name it had, then forget it; keep
+            // the streams of requests still waiting for an answer from it.
+            self.settle(&server);
+            self.settled.remove(&server);
+            self.announced.remove(&server);
+            let waiting: HashSet<StreamKey> = self
+                .pending
+                .values()
+                .flat_map(|c| c.by_id.values().flatten().map(|p| p.stream))
+                .collect();
+            self.server_of_stream
+                .retain(|stream, s| *s != server || waiting.contains(stream));
+        }
+        self.writers.retain(|_, t| *t != tgid);
+        self.uids.remove(&tgid);
+        self.processes.forget(tgid);
     }
 
     /// A process closed a connection: its session-less sessions on it are over.
@@ -971,18 +1318,30 @@ impl Correlator {
     /// active-session gauges.
     fn sweep_sessions(&mut self, now_ns: u64) {
         let processes = &self.processes;
-        let gone = |k: &SessionKey| {
-            !processes.is_alive(k.observer)
-                || matches!(k.server, ServerRef::Process(tgid) if !processes.is_alive(tgid))
+        // One /proc look per process, not per session.
+        let mut alive: HashMap<u32, bool> = HashMap::new();
+        let mut is_alive = |tgid: u32| {
+            *alive
+                .entry(tgid)
+                .or_insert_with(|| processes.is_alive(tgid))
         };
-        let idle: Vec<SessionKey> = self
+        let idle: HashSet<SessionKey> = self
             .sessions
             .iter()
-            .filter(|(k, s)| gone(k) || now_ns.saturating_sub(s.last_ns) > IDLE_NS)
+            .filter(|(k, s)| {
+                !is_alive(k.observer)
+                    || matches!(k.server, ServerRef::Process(tgid) if !is_alive(tgid))
+                    || now_ns.saturating_sub(s.last_ns) > IDLE_NS
+            })
             .map(|(k, _)| k.clone())
             .collect();
         let ended = self.sessions.end(|k| idle.contains(k));
         self.end_sessions(ended);
+        self.refresh_session_gauges();
+    }
+
+    /// Sets the active-session and active-client gauges from the live sessions.
+    fn refresh_session_gauges(&mut self) {
         let mut active: HashMap<(Role, String, &'static str), i64> = HashMap::new();
         let mut clients: HashMap<(String, String), i64> = HashMap::new();
         let live: Vec<(SessionKey, &'static str, Option<String>)> = self
@@ -1067,6 +1426,14 @@ impl Correlator {
         let peer = obs.peer?.clone();
         self.server_of_stream.insert(stream, peer.clone());
         Some(peer)
+    }
+
+    fn series_overflow(&self) {
+        self.metrics
+            .agent
+            .label_overflow
+            .get_or_create(&LabelNameLabels { label: "series" })
+            .inc();
     }
 
     fn side(&self, side: Side) -> &SideMetrics {

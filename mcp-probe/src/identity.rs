@@ -44,6 +44,7 @@ impl Processes {
                     comm.to_owned()
                 }
             });
+            tracing::debug!(tgid, ?cmdline, comm, name = %derived_name, "process identified");
             ProcessInfo {
                 start_time,
                 derived_name,
@@ -51,10 +52,16 @@ impl Processes {
         })
     }
 
+    /// Forgets a process that exited.
+    pub fn forget(&mut self, tgid: u32) {
+        self.by_tgid.remove(&tgid);
+    }
+
     /// Forgets processes that exited or whose pid now belongs to another process.
     pub fn sweep(&mut self) {
         self.by_tgid.retain(|&tgid, info| {
-            read_start_time(tgid).is_some() && read_start_time(tgid) == info.start_time
+            let now = read_start_time(tgid);
+            now.is_some() && now == info.start_time
         });
     }
 }

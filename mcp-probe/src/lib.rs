@@ -8,6 +8,8 @@
 //! The `kernel` feature (on by default) adds the modules that load and read the eBPF
 //! programs; without it the crate builds on any host, with no BPF toolchain.
 
+#[cfg(feature = "kernel")]
+pub mod blocked;
 pub mod correlate;
 pub mod decode;
 pub mod health;

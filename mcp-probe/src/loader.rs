@@ -8,8 +8,9 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use mcp_probe_common::{
-    verdict, FdState, StreamState, EVENTS_MAP, FDS_ENTRIES, FDS_MAP, OFFSETS_GLOBAL,
-    SERVERS_ENTRIES, SERVERS_MAP, STATS_MAP, STREAMS_ENTRIES, STREAMS_MAP, WAKEUP_BYTES_GLOBAL,
+    verdict, FdState, InflightSyscall, StreamState, EVENTS_MAP, FDS_ENTRIES, FDS_MAP, INFLIGHT_MAP,
+    OFFSETS_GLOBAL, STATS_MAP, STREAMS_ENTRIES, STREAMS_MAP, WAKEUP_BYTES_GLOBAL, WATCHED_ENTRIES,
+    WATCHED_MAP,
 };
 
 use crate::{kernel_offsets, pipeline::StreamControl};
@@ -83,6 +84,8 @@ pub struct Loaded {
     pub attached: Vec<String>,
     /// Optional hooks that could not be attached.
     pub failed: Vec<String>,
+    /// Threads found blocked in a read/write-family syscall when the programs attached.
+    pub blocked: crate::blocked::Prefilled,
 }
 
 /// aya-log's reader of the kernel programs' log messages.
@@ -200,8 +203,11 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_err(|e| LoadError::Map(STATS_MAP, e.to_string()))?;
     let fds = BpfHashMap::try_from(take(&mut ebpf, FDS_MAP)?)
         .map_err(|e| LoadError::Map(FDS_MAP, e.to_string()))?;
-    let servers = BpfHashMap::try_from(take(&mut ebpf, SERVERS_MAP)?)
-        .map_err(|e| LoadError::Map(SERVERS_MAP, e.to_string()))?;
+    let watched = BpfHashMap::try_from(take(&mut ebpf, WATCHED_MAP)?)
+        .map_err(|e| LoadError::Map(WATCHED_MAP, e.to_string()))?;
+    let mut inflight = BpfHashMap::try_from(take(&mut ebpf, INFLIGHT_MAP)?)
+        .map_err(|e| LoadError::Map(INFLIGHT_MAP, e.to_string()))?;
+    let blocked = crate::blocked::prefill(&mut inflight);
     let streams = BpfHashMap::try_from(take(&mut ebpf, STREAMS_MAP)?)
         .map_err(|e| LoadError::Map(STREAMS_MAP, e.to_string()))?;
     tracing::debug!(fd = events.as_raw_fd(), "ring buffer ready");
@@ -211,9 +217,10 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         stats,
         streams: KernelStreams {
             streams,
-            servers,
+            watched,
             fds,
         },
+        blocked,
         kernel_log,
         attached,
         failed,
@@ -226,33 +233,57 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError
 }
 
 /// The kernel maps the agent writes: per-stream verdicts (to drop streams found not to be
-/// JSON-RPC) and the server processes whose exits are reported.
+/// JSON-RPC), the processes whose exits are reported, and the descriptor verdicts of
+/// processes that are gone.
 pub struct KernelStreams {
     streams: BpfHashMap<MapData, u64, StreamState>,
-    servers: BpfHashMap<MapData, u32, u32>,
+    watched: BpfHashMap<MapData, u32, u32>,
     fds: BpfHashMap<MapData, u64, FdState>,
 }
 
 impl StreamControl for KernelStreams {
-    fn occupancy(&self) -> Vec<(&'static str, usize, usize)> {
+    fn sweep_maps(
+        &mut self,
+        gone: &mut dyn FnMut(u32) -> bool,
+    ) -> Vec<(&'static str, usize, usize)> {
+        // Descriptor verdicts of exited processes would otherwise wait for LRU eviction, and
+        // a process that reuses the pid would inherit them.
+        let mut verdict_of_gone = std::collections::HashMap::new();
+        let keys: Vec<u64> = self.fds.keys().flatten().collect();
+        let mut dropped = 0usize;
+        for key in &keys {
+            let tgid = (key >> 32) as u32;
+            if *verdict_of_gone.entry(tgid).or_insert_with(|| gone(tgid))
+                && self.fds.remove(key).is_ok()
+            {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            tracing::debug!(dropped, "descriptor verdicts of exited processes dropped");
+        }
         vec![
-            (FDS_MAP, self.fds.keys().count(), FDS_ENTRIES as usize),
+            (FDS_MAP, keys.len() - dropped, FDS_ENTRIES as usize),
             (
                 STREAMS_MAP,
                 self.streams.keys().count(),
                 STREAMS_ENTRIES as usize,
             ),
             (
-                SERVERS_MAP,
-                self.servers.keys().count(),
-                SERVERS_ENTRIES as usize,
+                WATCHED_MAP,
+                self.watched.keys().count(),
+                WATCHED_ENTRIES as usize,
             ),
         ]
     }
 
-    fn watch_server(&mut self, tgid: u32) {
-        if let Err(e) = self.servers.insert(tgid, 1, 0) {
-            tracing::debug!(tgid, error = %e, "cannot watch server process");
+    fn watch_process(&mut self, tgid: u32) -> bool {
+        match self.watched.insert(tgid, 1, 0) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(tgid, error = %e, "cannot watch process");
+                false
+            }
         }
     }
 
@@ -266,3 +297,6 @@ impl StreamControl for KernelStreams {
         }
     }
 }
+
+/// The map of syscalls between entry and exit, as the agent writes it.
+pub type InflightMap = BpfHashMap<MapData, u64, InflightSyscall>;

@@ -60,6 +60,35 @@ struct Args {
     /// Distinct mcp_server_name values before new ones become `_other`.
     #[arg(long, default_value_t = 256)]
     max_servers: usize,
+    /// Distinct client_name values (clientInfo.name) before new ones become `_other`.
+    #[arg(long, default_value_t = 256)]
+    max_clients: usize,
+    /// Distinct user values before new ones become `_other`.
+    #[arg(long, default_value_t = 1024)]
+    max_users: usize,
+    /// Distinct error_type values (JSON-RPC error codes) before new ones become `_other`.
+    #[arg(long, default_value_t = 128)]
+    max_error_types: usize,
+    /// Label combinations per per-request metric family and side; past it the
+    /// traffic-derived labels of new combinations become `_other`.
+    #[arg(long, default_value_t = 5_000)]
+    max_series: usize,
+    /// Stream directions reassembled at once; past it the least recently active go.
+    #[arg(long, env = "MCP_PROBE_MAX_STREAMS", default_value_t = 32_768)]
+    max_streams: usize,
+    /// Bytes held for partial messages across all streams; past it a growing message is
+    /// only sized (counted as oversized), not parsed.
+    #[arg(long, env = "MCP_PROBE_MAX_BUFFERED_BYTES", default_value_t = 256 << 20)]
+    max_buffered_bytes: usize,
+    /// Requests waiting for their response, in all.
+    #[arg(long, default_value_t = 100_000)]
+    max_pending_requests: usize,
+    /// Requests waiting for their response per process and direction.
+    #[arg(long, default_value_t = 10_000)]
+    max_pending_per_process: usize,
+    /// MCP sessions tracked at once.
+    #[arg(long, default_value_t = 100_000)]
+    max_sessions: usize,
     /// Log format.
     #[arg(long, env = "MCP_PROBE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -91,6 +120,11 @@ fn main() -> anyhow::Result<()> {
         "eBPF programs attached: {}",
         loaded.attached.join(", ")
     );
+    tracing::info!(
+        threads = loaded.blocked.written,
+        not_written = loaded.blocked.failed,
+        "threads already blocked in a read/write-family syscall: their next message is captured"
+    );
     metrics.agent.ring_size.set(i64::from(args.ring_bytes));
     // 1 for each hook attached, 0 for an optional one that could not be.
     let hooks = loaded
@@ -114,21 +148,29 @@ fn main() -> anyhow::Result<()> {
         ..
     } = loaded;
 
-    let correlator = Correlator::new(
-        CorrelatorConfig {
-            request_timeout_ns: args.request_timeout_seconds.saturating_mul(1_000_000_000),
-            max_methods: args.max_methods,
-            max_tools: args.max_tools,
-            max_prompts: args.max_prompts,
-            max_servers: args.max_servers,
-            ..CorrelatorConfig::default()
-        },
-        metrics.clone(),
-    );
+    let correlator_config = CorrelatorConfig {
+        request_timeout_ns: args.request_timeout_seconds.saturating_mul(1_000_000_000),
+        max_methods: args.max_methods,
+        max_tools: args.max_tools,
+        max_prompts: args.max_prompts,
+        max_servers: args.max_servers,
+        max_pending: args.max_pending_requests,
+        max_pending_per_process: args.max_pending_per_process,
+        max_clients: args.max_clients,
+        max_users: args.max_users,
+        max_error_types: args.max_error_types,
+        max_series: args.max_series,
+        max_sessions: args.max_sessions,
+    };
+    let pipeline_config = PipelineConfig {
+        max_message_bytes: args.max_message_bytes,
+        max_streams: args.max_streams,
+        max_buffered_bytes: args.max_buffered_bytes,
+    };
+    export_limits(&metrics.agent, &args);
+    let correlator = Correlator::new(correlator_config, metrics.clone());
     let pipeline = Pipeline::new(
-        PipelineConfig {
-            max_message_bytes: args.max_message_bytes,
-        },
+        pipeline_config,
         correlator,
         health::Health::new(metrics.health.clone()),
         metrics.agent.clone(),
@@ -178,6 +220,29 @@ fn main() -> anyhow::Result<()> {
     }
     drop(ebpf); // detaches every program and frees the maps
     served
+}
+
+/// The configured bounds, as `mcp_probe_limit{limit}`.
+fn export_limits(m: &metrics::AgentMetrics, args: &Args) {
+    for (limit, value) in [
+        ("max_message_bytes", args.max_message_bytes),
+        ("max_streams", args.max_streams),
+        ("max_buffered_bytes", args.max_buffered_bytes),
+        ("max_pending_requests", args.max_pending_requests),
+        ("max_pending_per_process", args.max_pending_per_process),
+        ("max_sessions", args.max_sessions),
+        ("max_methods", args.max_methods),
+        ("max_tools", args.max_tools),
+        ("max_prompts", args.max_prompts),
+        ("max_servers", args.max_servers),
+        ("max_clients", args.max_clients),
+        ("max_users", args.max_users),
+        ("max_error_types", args.max_error_types),
+        ("max_series", args.max_series),
+        ("ring_bytes", args.ring_bytes as usize),
+    ] {
+        m.set_limit(limit, value);
+    }
 }
 
 async fn shutdown_signal() {

@@ -76,6 +76,24 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// `mcp_probe_evictions_total{what}`: what a limit pushed out.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhatLabels {
+    pub what: &'static str,
+}
+
+/// `mcp_probe_kernel_events_total{event}`: kernel-side bookkeeping worth seeing.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: &'static str,
+}
+
+/// `mcp_probe_limit{limit}`: the configured bounds, so dashboards can compare usage to them.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LabelNameLabels {
     pub label: &'static str,
@@ -229,9 +247,13 @@ pub struct AgentMetrics {
     pub unconfirmed_lines: Counter,
     pub oversized_messages: Counter,
     pub oversized_message_size: Histogram,
-    pub resync_discarded_bytes: Counter,
+    pub discarded_bytes: Family<ReasonLabels, Counter>,
+    pub evictions: Family<WhatLabels, Counter>,
+    pub kernel_events: Family<EventLabels, Counter>,
+    pub limits: Family<LimitLabels, Gauge>,
     pub unpaired_responses: Family<TransportLabels, Counter>,
     pub late_responses: Counter,
+    pub reordered_responses: Counter,
     pub tracked_streams: Gauge,
     pub pending_requests: Gauge,
     pub buffered_bytes: Gauge,
@@ -261,9 +283,13 @@ impl Default for AgentMetrics {
             unconfirmed_lines: Counter::default(),
             oversized_messages: Counter::default(),
             oversized_message_size: size_histogram(),
-            resync_discarded_bytes: Counter::default(),
+            discarded_bytes: Family::default(),
+            evictions: Family::default(),
+            kernel_events: Family::default(),
+            limits: Family::default(),
             unpaired_responses: Family::default(),
             late_responses: Counter::default(),
+            reordered_responses: Counter::default(),
             tracked_streams: Gauge::default(),
             pending_requests: Gauge::default(),
             buffered_bytes: Gauge::default(),
@@ -333,9 +359,24 @@ impl AgentMetrics {
             m.oversized_message_size.clone(),
         );
         r.register(
-            "mcp_probe_resync_discarded_bytes",
-            "Bytes skipped to find the next message boundary after a loss",
-            m.resync_discarded_bytes.clone(),
+            "mcp_probe_discarded_bytes",
+            "Captured bytes that belong to no parsed message, by reason (resync: skipped to the next message boundary after a loss; evicted: partial message of a stream pushed out by --max-streams; process_exit: partial message left by a process that exited)",
+            m.discarded_bytes.clone(),
+        );
+        r.register(
+            "mcp_probe_evictions",
+            "Entries a limit pushed out, by what (stream, pending_request, session, message_buffer)",
+            m.evictions.clone(),
+        );
+        r.register(
+            "mcp_probe_kernel_events",
+            "Kernel-side bookkeeping, by event (blocked_syscall_captured, blocked_syscall_stale, fd_reclassified)",
+            m.kernel_events.clone(),
+        );
+        r.register(
+            "mcp_probe_limit",
+            "The agent's configured bounds (max_streams, max_buffered_bytes, max_pending_requests, ...)",
+            m.limits.clone(),
         );
         r.register(
             "mcp_probe_unpaired_responses",
@@ -346,6 +387,11 @@ impl AgentMetrics {
             "mcp_probe_late_responses",
             "Responses to requests already counted as cancelled or timed out",
             m.late_responses.clone(),
+        );
+        r.register(
+            "mcp_probe_reordered_responses",
+            "Responses whose request was reported after them (a write that blocked on a full pipe is reported when it returns) and that were paired once it was",
+            m.reordered_responses.clone(),
         );
         r.register(
             "mcp_probe_tracked_streams",
@@ -369,7 +415,7 @@ impl AgentMetrics {
         );
         r.register(
             "mcp_probe_map_entries",
-            "Entries in the kernel's bookkeeping maps (FDS, STREAMS: LRU; SERVERS), counted every 30 s",
+            "Entries in the kernel's bookkeeping maps (FDS, STREAMS: LRU; WATCHED), counted every 30 s",
             m.map_entries.clone(),
         );
         r.register(
@@ -588,6 +634,66 @@ impl Metrics {
             },
             agent: AgentMetrics::register(registry),
         }
+    }
+}
+
+impl AgentMetrics {
+    pub fn evicted(&self, what: &'static str, n: u64) {
+        if n > 0 {
+            self.evictions.get_or_create(&WhatLabels { what }).inc_by(n);
+        }
+    }
+
+    pub fn discarded(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.discarded_bytes
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(n);
+        }
+    }
+
+    pub fn parse_error(&self, reason: &'static str) {
+        self.parse_errors
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn set_limit(&self, limit: &'static str, value: usize) {
+        self.limits
+            .get_or_create(&LimitLabels { limit })
+            .set(i64::try_from(value).unwrap_or(i64::MAX));
+    }
+}
+
+/// Caps the number of distinct label *combinations* (series) of a metric family: a
+/// combination seen before, or one that fits under the cap, is admitted; past the cap the
+/// caller folds the traffic-derived labels into `_other`. Each label is capped on its own
+/// by [`LabelCap`], but their product is what costs memory. Keeps 8 bytes per series.
+pub struct SeriesCap {
+    cap: usize,
+    seen: HashSet<u64>,
+}
+
+impl SeriesCap {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            seen: HashSet::new(),
+        }
+    }
+
+    /// True if the series `key` may be created (or already exists).
+    pub fn admit(&mut self, key: &impl std::hash::Hash) -> bool {
+        use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        if self.seen.contains(&hash) {
+            return true;
+        }
+        if self.seen.len() >= self.cap {
+            return false;
+        }
+        self.seen.insert(hash);
+        true
     }
 }
 

@@ -16,19 +16,29 @@ use crate::{
     metrics::{AgentMetrics, MapLabels, ReasonLabels},
     protocols::{
         http::{starts_http, HttpEvent, HttpFramer},
-        jsonl::{Frame, LineFramer},
+        jsonl::{self, Frame, LineFramer},
         jsonrpc::{self, Id, Message, Parsed},
     },
     sockets,
 };
 
-/// Tells the kernel to stop following a stream (it carries JSON but not JSON-RPC).
+/// What the pipeline asks of the kernel side.
 pub trait StreamControl {
+    /// Stop following a stream (it carries JSON but not JSON-RPC).
     fn ignore_stream(&mut self, stream_id: u64);
-    /// Asks the kernel to report when this server process exits.
-    fn watch_server(&mut self, tgid: u32);
-    /// (map, entries, capacity) of the kernel's bookkeeping maps.
-    fn occupancy(&self) -> Vec<(&'static str, usize, usize)>;
+    /// Report when this process exits (so its pid is forgotten before it can be reused).
+    /// False when the kernel cannot take it (its map is full).
+    fn watch_process(&mut self, tgid: u32) -> bool;
+    /// Drops the kernel's descriptor verdicts of processes that `gone` says have exited,
+    /// and returns (map, entries, capacity) of the kernel's bookkeeping maps.
+    fn sweep_maps(
+        &mut self,
+        gone: &mut dyn FnMut(u32) -> bool,
+    ) -> Vec<(&'static str, usize, usize)>;
+    /// The pid is in use (by this process or, after reuse, another: exit records tell).
+    fn process_exists(&self, tgid: u32) -> bool {
+        std::path::Path::new(&format!("/proc/{tgid}")).exists()
+    }
 }
 
 /// A stream with this many framed lines and none of them JSON-RPC is dropped.
@@ -39,12 +49,33 @@ const IDLE_VIEW_NS: u64 = 30 * 60 * 1_000_000_000;
 const MAP_COUNT_EVERY: u64 = 30;
 /// Sockets whose identity is remembered (beyond this, /proc is asked instead).
 const MAX_SOCKETS: usize = 65_536;
+/// Processes whose exit the kernel is asked to report (its map's size).
+const WATCHED_CAP: usize = mcp_probe_common::WATCHED_ENTRIES as usize;
 /// HTTP requests remembered per connection while their responses are awaited.
 const MAX_HTTP_IN_FLIGHT: usize = 64;
+
+/// A pipe's read side holding part of a message whose writer is gone is given up after
+/// this long without bytes (ns).
+const ORPHAN_AFTER_NS: u64 = 1_000_000_000;
 
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     pub max_message_bytes: usize,
+    /// Stream directions reassembled at once; past it the least recently active go.
+    pub max_streams: usize,
+    /// Bytes held for partial messages across all streams; past it the message being
+    /// added to stops being buffered (it is still sized, as oversized).
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 16 << 20,
+            max_streams: 32_768,
+            max_buffered_bytes: 256 << 20,
+        }
+    }
 }
 
 enum Framing {
@@ -59,14 +90,33 @@ impl Framing {
             Framing::Http(f) => f.buffered_bytes(),
         }
     }
+
+    fn pending_bytes(&self) -> u64 {
+        match self {
+            Framing::Lines(f) => f.pending_bytes(),
+            Framing::Http(f) => f.pending_bytes(),
+        }
+    }
+
+    fn shed(&mut self) {
+        match self {
+            Framing::Lines(f) => f.shed(),
+            Framing::Http(f) => f.shed(),
+        }
+    }
 }
 
 struct View {
     framing: Framing,
+    /// `framing.buffered_bytes()` as last added to the pipeline's total.
+    buffered: usize,
     next_offset: u64,
     transport: &'static str,
     peer: Option<ServerRef>,
     last_ts_ns: u64,
+    /// The process of the last record, and its descriptor.
+    last_tgid: u32,
+    last_fd: u32,
     /// Lines that were not JSON-RPC before the stream carried any.
     other_lines: u64,
     jsonrpc_lines: u64,
@@ -100,8 +150,10 @@ pub struct Pipeline<C: StreamControl> {
     servers: sockets::Servers,
     pub correlator: Correlator,
     health: Health,
-    /// Server processes whose exit the kernel was asked to report.
+    /// Processes whose exit the kernel was asked to report.
     watched: HashSet<u32>,
+    /// Sum of the views' `buffered`.
+    buffered_total: usize,
     sweeps: u64,
     metrics: AgentMetrics,
     control: C,
@@ -124,6 +176,7 @@ impl<C: StreamControl> Pipeline<C> {
             correlator,
             health,
             watched: HashSet::new(),
+            buffered_total: 0,
             sweeps: 0,
             metrics,
             control,
@@ -147,7 +200,11 @@ impl<C: StreamControl> Pipeline<C> {
     pub fn on_record(&mut self, r: &Record<'_>) {
         match r.kind {
             EventKind::Close => return self.on_close(r),
-            EventKind::ProcessExit => return self.health.on_exit(r.tgid, r.detail),
+            EventKind::ProcessExit => {
+                self.health.on_exit(r.tgid, r.detail);
+                self.watched.remove(&r.tgid);
+                return self.on_process_gone(r.tgid, r.ts_ns);
+            }
             EventKind::Error => return self.on_error(r),
             EventKind::SocketInfo => {
                 if let Some(info) = sockets::decode_kernel(r.payload) {
@@ -169,6 +226,7 @@ impl<C: StreamControl> Pipeline<C> {
             tid = r.tid,
             fd = r.fd,
             ino = r.ino,
+            write = r.direction() == Direction::Write,
             offset = r.stream_offset,
             syscall_len = r.syscall_len,
             syscall_offset = r.syscall_offset,
@@ -180,6 +238,20 @@ impl<C: StreamControl> Pipeline<C> {
             ino: r.ino,
         };
         let key = (stream, r.direction());
+        if !self.watched.contains(&r.tgid) {
+            // A process's first record: read who it is now, while it surely runs (a
+            // short-lived server can be gone by the time its first message is complete),
+            // and ask the kernel to report its exit. A pid seen exiting before belongs to a
+            // new process now.
+            self.correlator.on_process_seen(r.tgid);
+            self.correlator.processes.observe(r.tgid, &r.comm());
+            if self.watched.len() < WATCHED_CAP && self.control.watch_process(r.tgid) {
+                self.watched.insert(r.tgid);
+            }
+        }
+        if !self.views.contains_key(&key) && self.views.len() >= self.config.max_streams {
+            self.evict_views(r.ts_ns);
+        }
         let max = self.config.max_message_bytes;
         let sockets_seen = &self.sockets;
         let servers = &mut self.servers;
@@ -204,10 +276,13 @@ impl<C: StreamControl> Pipeline<C> {
             };
             View {
                 framing,
+                buffered: 0,
                 next_offset: r.stream_offset,
                 transport,
                 peer,
                 last_ts_ns: r.ts_ns,
+                last_tgid: r.tgid,
+                last_fd: r.fd,
                 other_lines: 0,
                 jsonrpc_lines: 0,
                 counted_resync: 0,
@@ -219,11 +294,24 @@ impl<C: StreamControl> Pipeline<C> {
             }
         });
         view.last_ts_ns = r.ts_ns;
+        view.last_tgid = r.tgid;
+        view.last_fd = r.fd;
         if r.stream_offset != view.next_offset {
             // Bytes in between never arrived (ring buffer full, or a read failure): both
             // are counted by the kernel. Drop the partial message and find the next boundary.
             match &mut view.framing {
-                Framing::Lines(f) => f.lost(),
+                Framing::Lines(f) => {
+                    f.lost();
+                    // A write that starts like a message starts one (one message per
+                    // write() in every SDK); reads split the stream anywhere.
+                    if r.direction() == Direction::Write
+                        && r.kind == EventKind::Data
+                        && r.syscall_offset == 0
+                        && jsonl::starts_message(r.payload)
+                    {
+                        f.at_message_start();
+                    }
+                }
                 Framing::Http(f) => f.lost(),
             }
         }
@@ -264,12 +352,7 @@ impl<C: StreamControl> Pipeline<C> {
                             metrics.oversized_messages.inc();
                             metrics.oversized_message_size.observe(len as f64);
                             // Its length says nothing about whether the stream is JSON-RPC.
-                            metrics
-                                .parse_errors
-                                .get_or_create(&ReasonLabels {
-                                    reason: "oversized",
-                                })
-                                .inc();
+                            metrics.parse_error("oversized");
                             return;
                         }
                         Frame::Message { bytes, last_ts, .. } => handle_text(
@@ -316,9 +399,20 @@ impl<C: StreamControl> Pipeline<C> {
         if let Framing::Lines(f) = &view.framing {
             let discarded = f.counters.resync_discarded_bytes;
             self.metrics
-                .resync_discarded_bytes
-                .inc_by(discarded - view.counted_resync);
+                .discarded("resync", discarded - view.counted_resync);
             view.counted_resync = discarded;
+        }
+        // Memory: the budget covers every partial message; the one that outgrows it stops
+        // being buffered (it is still sized exactly).
+        let now = view.framing.buffered_bytes();
+        self.buffered_total = self.buffered_total - view.buffered + now;
+        view.buffered = now;
+        if self.buffered_total > self.config.max_buffered_bytes && now > 0 {
+            view.framing.shed();
+            self.metrics.evicted("message_buffer", 1);
+            let after = view.framing.buffered_bytes();
+            self.buffered_total = self.buffered_total - view.buffered + after;
+            view.buffered = after;
         }
         if view.jsonrpc_lines == 0 && view.other_lines >= NON_JSONRPC_LINES_BEFORE_IGNORE {
             self.control.ignore_stream(r.stream_id);
@@ -328,12 +422,83 @@ impl<C: StreamControl> Pipeline<C> {
                     reason: "not_jsonrpc",
                 })
                 .inc();
-            self.views.remove(&(stream, Direction::Read));
-            self.views.remove(&(stream, Direction::Write));
+            self.remove_view(&(stream, Direction::Read));
+            self.remove_view(&(stream, Direction::Write));
             self.http_in_flight.remove(&stream);
             self.correlator.forget_stream(stream);
         }
         self.metrics.tracked_streams.set(self.views.len() as i64);
+    }
+
+    /// Removes a view, keeping the buffered-bytes total true.
+    fn remove_view(&mut self, key: &(StreamKey, Direction)) -> Option<View> {
+        let view = self.views.remove(key)?;
+        self.buffered_total -= view.buffered;
+        Some(view)
+    }
+
+    /// `--max-streams` reached: the least recently active sixteenth of the views go (one
+    /// pass, so a flood of new streams costs O(1) per stream). Their partial messages are
+    /// counted as discarded.
+    fn evict_views(&mut self, _now_ns: u64) {
+        let n = (self.views.len() / 16).max(1);
+        let mut by_age: Vec<(u64, (StreamKey, Direction))> =
+            self.views.iter().map(|(k, v)| (v.last_ts_ns, *k)).collect();
+        by_age.select_nth_unstable_by_key(n - 1, |(ts, _)| *ts);
+        for (_, key) in by_age.into_iter().take(n) {
+            if let Some(view) = self.remove_view(&key) {
+                self.metrics
+                    .discarded("evicted", view.framing.pending_bytes());
+            }
+            let stream = key.0;
+            if !self.has_views(stream) {
+                self.http_in_flight.remove(&stream);
+                self.sockets.remove(&stream);
+                self.correlator.forget_stream(stream);
+            }
+        }
+        self.metrics.evicted("stream", n as u64);
+    }
+
+    fn has_views(&self, stream: StreamKey) -> bool {
+        self.views.contains_key(&(stream, Direction::Read))
+            || self.views.contains_key(&(stream, Direction::Write))
+    }
+
+    /// A process exited (the kernel reported it, or a sweep found it gone): its sockets are
+    /// closed as if it had closed them, the partial messages it was writing or reading can
+    /// never be finished, and the correlator forgets it before its pid is reused.
+    fn on_process_gone(&mut self, tgid: u32, ts_ns: u64) {
+        let mine: Vec<(StreamKey, Direction)> = self
+            .views
+            .iter()
+            .filter(|(_, v)| v.last_tgid == tgid)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in mine {
+            let Some(view) = self.views.get(&key) else {
+                continue; // closed with its other direction
+            };
+            if matches!(view.framing, Framing::Http(_)) || view.transport != "pipe" {
+                self.close_stream(key.0, tgid, "", ts_ns);
+            } else {
+                self.abandon_view(&key);
+            }
+        }
+        self.correlator.on_process_exit(tgid, ts_ns);
+        self.metrics.tracked_streams.set(self.views.len() as i64);
+    }
+
+    /// Drops a view whose partial message can never be completed: counted as a truncated
+    /// message and its bytes as discarded.
+    fn abandon_view(&mut self, key: &(StreamKey, Direction)) {
+        if let Some(view) = self.remove_view(key) {
+            let pending = view.framing.pending_bytes();
+            if pending > 0 {
+                self.metrics.parse_error("truncated");
+                self.metrics.discarded("process_exit", pending);
+            }
+        }
     }
 
     /// A process closed its end of a followed socket: bodies delimited by the close end,
@@ -343,7 +508,11 @@ impl<C: StreamControl> Pipeline<C> {
             addr: r.stream_id,
             ino: r.ino,
         };
-        let comm = r.comm();
+        self.close_stream(stream, r.tgid, &r.comm(), r.ts_ns);
+    }
+
+    /// Process `tgid` closed its end of a followed socket (or exited).
+    fn close_stream(&mut self, stream: StreamKey, tgid: u32, comm: &str, ts_ns: u64) {
         let mut aborted = Vec::new();
         let mut socket = None;
         for direction in [Direction::Read, Direction::Write] {
@@ -357,21 +526,21 @@ impl<C: StreamControl> Pipeline<C> {
             }
             let peer = view.peer.clone();
             let obs = Observation {
-                tgid: r.tgid,
-                comm: &comm,
+                tgid,
+                comm,
                 direction,
                 stream,
                 transport: view.transport,
                 peer: peer.as_ref(),
                 session: None,
                 user: None,
-                ts_ns: r.ts_ns,
+                ts_ns,
                 size: 0,
             };
             for e in events {
                 self.on_http_event((stream, direction), &obs, e);
             }
-            if let Some(view) = self.views.remove(&(stream, direction)) {
+            if let Some(view) = self.remove_view(&(stream, direction)) {
                 if let Some((_, ids)) = view.response {
                     aborted.extend(ids);
                 }
@@ -382,22 +551,21 @@ impl<C: StreamControl> Pipeline<C> {
         }
         if let (false, Some((transport, peer))) = (aborted.is_empty(), socket) {
             let obs = Observation {
-                tgid: r.tgid,
-                comm: &comm,
+                tgid,
+                comm,
                 direction: Direction::Write,
                 stream,
                 transport,
                 peer: peer.as_ref(),
                 session: None,
                 user: None,
-                ts_ns: r.ts_ns,
+                ts_ns,
                 size: 0,
             };
             self.correlator.on_abort(&obs, aborted);
         }
         self.sockets.remove(&stream);
-        self.correlator
-            .on_connection_closed(r.tgid, stream, r.ts_ns);
+        self.correlator.on_connection_closed(tgid, stream, ts_ns);
         self.correlator.forget_stream(stream);
         self.metrics.tracked_streams.set(self.views.len() as i64);
     }
@@ -566,22 +734,67 @@ impl<C: StreamControl> Pipeline<C> {
         }
     }
 
-    /// Periodic work: timeouts and idle views. `now_ns` is CLOCK_MONOTONIC.
+    /// Periodic work: timeouts, processes gone, idle and orphaned views, memory accounting.
+    /// `now_ns` is CLOCK_MONOTONIC.
     pub fn sweep(&mut self, now_ns: u64) {
         self.correlator.sweep(now_ns);
         let servers = self.correlator.server_processes();
-        for (tgid, _) in &servers {
-            if self.watched.insert(*tgid) {
-                self.control.watch_server(*tgid);
+        self.health.update(&servers);
+
+        // Processes that exited without an exit record reaching us (not watched: the
+        // kernel's map was full; or the record was lost).
+        let mut tgids: Vec<u32> = self.views.values().map(|v| v.last_tgid).collect();
+        tgids.sort_unstable();
+        tgids.dedup();
+        tgids.retain(|&t| !self.control.process_exists(t));
+        for tgid in tgids {
+            self.watched.remove(&tgid);
+            self.on_process_gone(tgid, now_ns);
+        }
+        // The read side of a pipe holding part of a message that its writer, now gone, will
+        // never finish.
+        let orphans: Vec<(StreamKey, Direction)> = self
+            .views
+            .iter()
+            .filter(|((stream, direction), v)| {
+                *direction == Direction::Read
+                    && v.transport == "pipe"
+                    && now_ns.saturating_sub(v.last_ts_ns) > ORPHAN_AFTER_NS
+                    && v.framing.pending_bytes() > 0
+                    && !self.views.contains_key(&(*stream, Direction::Write))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in orphans {
+            self.abandon_view(&key);
+        }
+        let idle: Vec<(StreamKey, Direction)> = self
+            .views
+            .iter()
+            .filter(|(_, v)| now_ns.saturating_sub(v.last_ts_ns) >= IDLE_VIEW_NS)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle {
+            self.remove_view(&key);
+            if !self.has_views(key.0) {
+                self.correlator.forget_stream(key.0);
             }
         }
-        self.watched
-            .retain(|tgid| servers.iter().any(|(t, _)| t == tgid));
-        self.health.update(&servers);
+        let views = &self.views;
+        let has_views = |stream: &StreamKey| {
+            views.contains_key(&(*stream, Direction::Read))
+                || views.contains_key(&(*stream, Direction::Write))
+        };
+        self.sockets.retain(|stream, _| has_views(stream));
+        self.http_in_flight.retain(|stream, _| has_views(stream));
+
         // Counting map entries walks the maps key by key: not every second.
         self.sweeps += 1;
         if self.sweeps % MAP_COUNT_EVERY == 1 {
-            for (map, entries, capacity) in self.control.occupancy() {
+            let control = &self.control;
+            self.watched.retain(|&tgid| control.process_exists(tgid));
+            let mut gone = |tgid| !std::path::Path::new(&format!("/proc/{tgid}")).exists();
+            for (map, entries, capacity) in self.control.sweep_maps(&mut gone) {
                 let labels = MapLabels { map };
                 self.metrics
                     .map_entries
@@ -593,24 +806,14 @@ impl<C: StreamControl> Pipeline<C> {
                     .set(capacity as i64);
             }
         }
-        self.views
-            .retain(|_, v| now_ns.saturating_sub(v.last_ts_ns) < IDLE_VIEW_NS);
-        let views = &self.views;
-        self.sockets.retain(|stream, _| {
-            views.contains_key(&(*stream, Direction::Read))
-                || views.contains_key(&(*stream, Direction::Write))
-        });
-        self.http_in_flight.retain(|stream, _| {
-            views.contains_key(&(*stream, Direction::Read))
-                || views.contains_key(&(*stream, Direction::Write))
-        });
+        // Memory accounting, from scratch.
+        self.buffered_total = 0;
+        for view in self.views.values_mut() {
+            view.buffered = view.framing.buffered_bytes();
+            self.buffered_total += view.buffered;
+        }
         self.metrics.tracked_streams.set(self.views.len() as i64);
-        let buffered: usize = self
-            .views
-            .values()
-            .map(|v| v.framing.buffered_bytes())
-            .sum();
-        self.metrics.buffered_bytes.set(buffered as i64);
+        self.metrics.buffered_bytes.set(self.buffered_total as i64);
     }
 }
 
@@ -753,15 +956,24 @@ mod tests {
     use super::*;
     use crate::{correlate::CorrelatorConfig, decode::encode as encode_record, metrics::Metrics};
 
+    /// Streams the pipeline turned off, and pids the test pretends have exited.
     #[derive(Default)]
-    struct Ignored(Vec<u64>);
+    struct Ignored(Vec<u64>, Vec<u32>);
     impl StreamControl for Ignored {
         fn ignore_stream(&mut self, stream_id: u64) {
             self.0.push(stream_id);
         }
-        fn watch_server(&mut self, _tgid: u32) {}
-        fn occupancy(&self) -> Vec<(&'static str, usize, usize)> {
+        fn watch_process(&mut self, _tgid: u32) -> bool {
+            true
+        }
+        fn sweep_maps(
+            &mut self,
+            _gone: &mut dyn FnMut(u32) -> bool,
+        ) -> Vec<(&'static str, usize, usize)> {
             Vec::new()
+        }
+        fn process_exists(&self, tgid: u32) -> bool {
+            !self.1.contains(&tgid)
         }
     }
 
@@ -815,6 +1027,29 @@ mod tests {
             encode_record(&header, bytes)
         }
 
+        /// The kernel's report that a watched process exited.
+        fn exit(&mut self, tgid: u32) -> Vec<u8> {
+            self.now_ns += 1_000_000;
+            let header = EventHeader {
+                kind: EventKind::ProcessExit as u32,
+                syscall: Syscall::Write as u32,
+                ts_ns: self.now_ns,
+                tgid,
+                tid: tgid,
+                comm: [0; 16],
+                stream_id: 0,
+                ino: 0,
+                stream_kind: 0,
+                fd: 0,
+                stream_offset: 0,
+                syscall_len: 0,
+                syscall_offset: 0,
+                captured_len: 0,
+                detail: 0,
+            };
+            encode_record(&header, b"")
+        }
+
         /// Skips `n` bytes of a stream, as when the ring buffer was full.
         fn lose(&mut self, stream: (u64, u64), direction: Direction, n: u64) {
             *self
@@ -825,14 +1060,25 @@ mod tests {
     }
 
     fn pipeline() -> (Pipeline<Ignored>, Registry) {
+        pipeline_with(
+            PipelineConfig {
+                max_message_bytes: 1 << 20,
+                ..PipelineConfig::default()
+            },
+            CorrelatorConfig::default(),
+        )
+    }
+
+    fn pipeline_with(
+        config: PipelineConfig,
+        correlator: CorrelatorConfig,
+    ) -> (Pipeline<Ignored>, Registry) {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
-        let correlator = Correlator::new(CorrelatorConfig::default(), metrics.clone());
+        let correlator = Correlator::new(correlator, metrics.clone());
         (
             Pipeline::new(
-                PipelineConfig {
-                    max_message_bytes: 1 << 20,
-                },
+                config,
                 correlator,
                 Health::new(metrics.health.clone()),
                 metrics.agent,
@@ -915,7 +1161,10 @@ mod tests {
         assert_eq!(value(&registry, "mcp_probe_parse_errors_total"), 0.0);
         let tail = b"\"tail\"}\n".len();
         assert_eq!(
-            value(&registry, "mcp_probe_resync_discarded_bytes_total"),
+            value(
+                &registry,
+                "mcp_probe_discarded_bytes_total{reason=\"resync\"}"
+            ),
             (half_message.len() + tail) as f64
         );
     }
@@ -936,7 +1185,10 @@ mod tests {
         p.sweep(g.now_ns + 10_000_000_000);
         assert_eq!(value(&registry, "mcp_server_requests_total"), 2.0);
         assert_eq!(
-            value(&registry, "mcp_probe_resync_discarded_bytes_total"),
+            value(
+                &registry,
+                "mcp_probe_discarded_bytes_total{reason=\"resync\"}"
+            ),
             0.0
         );
     }
@@ -975,5 +1227,271 @@ mod tests {
         p.on_record_bytes(&g.record(CLIENT, "client", TO_CLIENT, Syscall::Read, resp));
         assert_eq!(value(&registry, "mcp_probe_late_responses_total"), 2.0);
         assert_eq!(value(&registry, "mcp_probe_unpaired_responses_total"), 0.0);
+    }
+
+    fn ping(id: u32) -> Vec<u8> {
+        format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"ping\"}}\n").into_bytes()
+    }
+
+    fn pong(id: u32) -> Vec<u8> {
+        format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{}}}}\n").into_bytes()
+    }
+
+    #[test]
+    fn max_streams_evicts_the_least_recently_active_and_counts_their_bytes() {
+        let (mut p, registry) = pipeline_with(
+            PipelineConfig {
+                max_streams: 4,
+                ..PipelineConfig::default()
+            },
+            CorrelatorConfig::default(),
+        );
+        let mut g = Generator::new();
+        // Six pipes, each with the first 10 bytes of a message.
+        for n in 0..6u64 {
+            let pipe = (0xffff_0000_0001_0000 + n * 0x1000, 100 + n);
+            p.on_record_bytes(&g.record(CLIENT, "client", pipe, Syscall::Write, b"{\"id\":1,\"a"));
+        }
+        assert!(p.views.len() <= 4, "{} views", p.views.len());
+        assert_eq!(
+            value(&registry, "mcp_probe_evictions_total{what=\"stream\"}"),
+            2.0
+        );
+        // The two oldest went, with their partial messages.
+        assert_eq!(
+            value(
+                &registry,
+                "mcp_probe_discarded_bytes_total{reason=\"evicted\"}"
+            ),
+            20.0
+        );
+        // A stream that comes back starts mid-message and resynchronises.
+        let first = (0xffff_0000_0001_0000, 100);
+        p.on_record_bytes(&g.record(CLIENT, "client", first, Syscall::Write, b"\":2}\n"));
+        p.on_record_bytes(&g.record(CLIENT, "client", first, Syscall::Write, &ping(3)));
+        assert_eq!(value(&registry, "mcp_probe_messages_total"), 1.0);
+        assert_eq!(value(&registry, "mcp_probe_parse_errors_total"), 0.0);
+    }
+
+    #[test]
+    fn the_buffer_budget_sheds_the_message_that_outgrows_it() {
+        let (mut p, registry) = pipeline_with(
+            PipelineConfig {
+                max_buffered_bytes: 4096,
+                ..PipelineConfig::default()
+            },
+            CorrelatorConfig::default(),
+        );
+        let mut g = Generator::new();
+        let a = (0xffff_0000_0002_0000, 201);
+        let b = (0xffff_0000_0003_0000, 202);
+        // A holds 3000 bytes of a message; B then grows past what is left.
+        let mut big_a =
+            b"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/x\",\"params\":{\"p\":\"".to_vec();
+        big_a.resize(3000, b'a');
+        p.on_record_bytes(&g.record(CLIENT, "client", a, Syscall::Write, &big_a));
+        let mut big_b = big_a.clone();
+        big_b.resize(2000, b'b');
+        p.on_record_bytes(&g.record(CLIENT, "client", b, Syscall::Write, &big_b));
+        assert!(p.buffered_total <= 4096 + 4096, "{}", p.buffered_total);
+        assert_eq!(
+            value(
+                &registry,
+                "mcp_probe_evictions_total{what=\"message_buffer\"}"
+            ),
+            1.0
+        );
+        // B ends: sized exactly, not parsed. A ends: parsed.
+        p.on_record_bytes(&g.record(CLIENT, "client", b, Syscall::Write, b"\"}}\n"));
+        p.on_record_bytes(&g.record(CLIENT, "client", a, Syscall::Write, b"\"}}\n"));
+        assert_eq!(value(&registry, "mcp_probe_oversized_messages_total"), 1.0);
+        assert_eq!(
+            value(&registry, "mcp_probe_oversized_message_size_bytes_sum"),
+            2003.0
+        );
+        assert_eq!(value(&registry, "mcp_probe_messages_total"), 1.0);
+        p.sweep(g.now_ns);
+        assert_eq!(
+            p.buffered_total,
+            p.views
+                .values()
+                .map(|v| v.framing.buffered_bytes())
+                .sum::<usize>()
+        );
+    }
+
+    #[test]
+    fn a_writer_that_exits_mid_message_leaves_nothing_behind() {
+        let (mut p, registry) = pipeline();
+        let mut g = Generator::new();
+        exchange(&mut g, &mut p, &ping(1), &pong(1));
+        let half = b"{\"jsonrpc\":\"2.0\",\"id\":2,\"meth";
+        p.on_record_bytes(&g.record(CLIENT, "client", TO_SERVER, Syscall::Write, half));
+        p.on_record_bytes(&g.record(SERVER, "weather", TO_SERVER, Syscall::Read, half));
+        // The client dies; the kernel reports it.
+        p.control.1.push(CLIENT);
+        p.on_record_bytes(&g.exit(CLIENT));
+        assert_eq!(
+            value(
+                &registry,
+                "mcp_probe_parse_errors_total{reason=\"truncated\"}"
+            ),
+            1.0
+        );
+        // The server's read side of that pipe is given up once it has waited long enough.
+        p.sweep(g.now_ns + ORPHAN_AFTER_NS / 2);
+        assert_eq!(
+            value(
+                &registry,
+                "mcp_probe_parse_errors_total{reason=\"truncated\"}"
+            ),
+            1.0
+        );
+        p.sweep(g.now_ns + 2 * ORPHAN_AFTER_NS);
+        assert_eq!(
+            value(
+                &registry,
+                "mcp_probe_parse_errors_total{reason=\"truncated\"}"
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &registry,
+                "mcp_probe_discarded_bytes_total{reason=\"process_exit\"}"
+            ),
+            2.0 * half.len() as f64
+        );
+        assert_eq!(p.buffered_total, 0);
+        assert_eq!(value(&registry, "mcp_probe_buffered_bytes"), 0.0);
+        // The first exchange was counted; nothing was glued to anything.
+        assert_eq!(value(&registry, "mcp_server_requests_total"), 1.0);
+        assert_eq!(
+            value(
+                &registry,
+                "mcp_probe_parse_errors_total{reason=\"invalid_json\"}"
+            ),
+            0.0
+        );
+    }
+
+    #[test]
+    fn a_reused_pid_does_not_inherit_the_old_process_name() {
+        let (mut p, registry) = pipeline();
+        let mut g = Generator::new();
+        let init = b"{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\",\"params\":{}}\n";
+        let announced =
+            b"{\"jsonrpc\":\"2.0\",\"id\":0,\"result\":{\"serverInfo\":{\"name\":\"alpha\"}}}\n";
+        exchange(&mut g, &mut p, init, announced);
+        exchange(&mut g, &mut p, &ping(1), &pong(1));
+        assert_eq!(
+            value(
+                &registry,
+                "mcp_server_requests_total{mcp_server_name=\"alpha\""
+            ),
+            2.0
+        );
+        // The server exits and a new process gets its pid: it speaks without a handshake.
+        p.on_record_bytes(&g.exit(SERVER));
+        let (in2, out2) = ((0xffff_0000_0004_0000, 301), (0xffff_0000_0005_0000, 302));
+        p.on_record_bytes(&g.record(CLIENT, "client", in2, Syscall::Write, &ping(7)));
+        p.on_record_bytes(&g.record(SERVER, "beta", in2, Syscall::Read, &ping(7)));
+        p.on_record_bytes(&g.record(SERVER, "beta", out2, Syscall::Write, &pong(7)));
+        p.on_record_bytes(&g.record(CLIENT, "client", out2, Syscall::Read, &pong(7)));
+        p.sweep(g.now_ns + 10_000_000_000);
+        assert_eq!(
+            value(
+                &registry,
+                "mcp_server_requests_total{mcp_server_name=\"alpha\""
+            ),
+            2.0
+        );
+        assert_eq!(
+            value(
+                &registry,
+                "mcp_server_requests_total{mcp_server_name=\"beta\""
+            ),
+            1.0
+        );
+    }
+
+    #[test]
+    fn pending_requests_per_process_are_bounded_and_evictions_are_not_outcomes() {
+        let (mut p, registry) = pipeline_with(
+            PipelineConfig::default(),
+            CorrelatorConfig {
+                max_pending_per_process: 3,
+                ..CorrelatorConfig::default()
+            },
+        );
+        let mut g = Generator::new();
+        for id in 1..=5 {
+            p.on_record_bytes(&g.record(CLIENT, "client", TO_SERVER, Syscall::Write, &ping(id)));
+        }
+        assert_eq!(
+            value(
+                &registry,
+                "mcp_probe_evictions_total{what=\"pending_request\"}"
+            ),
+            2.0
+        );
+        assert_eq!(value(&registry, "mcp_probe_pending_requests"), 3.0);
+        // Answers to the evicted ones are late; the others pair.
+        for id in 1..=5 {
+            p.on_record_bytes(&g.record(CLIENT, "client", TO_CLIENT, Syscall::Read, &pong(id)));
+        }
+        p.sweep(g.now_ns + 10_000_000_000);
+        assert_eq!(value(&registry, "mcp_probe_late_responses_total"), 2.0);
+        assert_eq!(value(&registry, "mcp_client_responses_total"), 3.0);
+        assert_eq!(value(&registry, "mcp_client_request_timeouts_total"), 0.0);
+        assert_eq!(value(&registry, "mcp_probe_unpaired_responses_total"), 0.0);
+    }
+
+    #[test]
+    fn series_and_error_types_are_capped() {
+        let (mut p, registry) = pipeline_with(
+            PipelineConfig::default(),
+            CorrelatorConfig {
+                max_series: 2,
+                max_error_types: 1,
+                ..CorrelatorConfig::default()
+            },
+        );
+        let mut g = Generator::new();
+        for n in 0..5u32 {
+            let call = format!("{{\"jsonrpc\":\"2.0\",\"id\":{n},\"method\":\"tools/call\",\"params\":{{\"name\":\"t{n}\"}}}}\n");
+            let err = format!(
+                "{{\"jsonrpc\":\"2.0\",\"id\":{n},\"error\":{{\"code\":{},\"message\":\"x\"}}}}\n",
+                -32000 - n as i64
+            );
+            exchange(&mut g, &mut p, call.as_bytes(), err.as_bytes());
+        }
+        p.sweep(g.now_ns + 10_000_000_000);
+        let mut text = String::new();
+        encode(&mut text, &registry).expect("encode");
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("mcp_client_requests_total{"))
+            .count();
+        assert_eq!(series, 3, "two admitted series and _other:\n{text}");
+        assert_eq!(value(&registry, "mcp_client_requests_total"), 5.0);
+        assert_eq!(
+            value(
+                &registry,
+                "mcp_client_requests_total{mcp_server_name=\"weather\",mcp_method_name=\"_other\""
+            ),
+            3.0
+        );
+        // One error code admitted; the others are _other.
+        assert_eq!(
+            value(&registry, "mcp_client_responses_total{mcp_server_name=\"weather\",mcp_method_name=\"tools/call\",gen_ai_tool_name=\"t1\",gen_ai_prompt_name=\"\",outcome=\"error\",error_type=\"_other\""),
+            1.0
+        );
+        assert!(
+            value(
+                &registry,
+                "mcp_probe_label_overflow_total{label=\"series\"}"
+            ) >= 6.0
+        );
     }
 }

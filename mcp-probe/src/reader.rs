@@ -16,7 +16,7 @@ use mcp_probe_common::Stat;
 
 use crate::{
     loader::KernelLog,
-    metrics::{AgentMetrics, ReasonLabels},
+    metrics::{AgentMetrics, EventLabels, ReasonLabels},
     pipeline::{Pipeline, StreamControl},
 };
 
@@ -163,6 +163,24 @@ impl KernelStats {
                     .get_or_create(&reason("inflight_map_full"))
                     .inc_by(delta),
                 Stat::RingHighWater => 0, // handled above
+                Stat::PrefillUsed => m
+                    .kernel_events
+                    .get_or_create(&EventLabels {
+                        event: "blocked_syscall_captured",
+                    })
+                    .inc_by(delta),
+                Stat::PrefillStale => m
+                    .kernel_events
+                    .get_or_create(&EventLabels {
+                        event: "blocked_syscall_stale",
+                    })
+                    .inc_by(delta),
+                Stat::FdStale => m
+                    .kernel_events
+                    .get_or_create(&EventLabels {
+                        event: "fd_reclassified",
+                    })
+                    .inc_by(delta),
                 Stat::TruncatedSyscalls => m
                     .kernel_errors
                     .get_or_create(&reason("truncated_syscalls"))

@@ -42,35 +42,48 @@ pub struct Session {
 
 /// Sessions without a message for this long are over.
 pub const IDLE_NS: u64 = 30 * 60 * 1_000_000_000;
-/// Most sessions tracked; past it the least recently active ends.
-pub const MAX_SESSIONS: usize = 100_000;
 
-#[derive(Default)]
 pub struct Sessions {
     live: HashMap<SessionKey, Session>,
+    /// Most sessions tracked; past it the least recently active sixteenth ends.
+    max: usize,
 }
 
 impl Sessions {
-    /// A message of `key` at `ts_ns`. Returns a session pushed out by the bound, if any.
+    pub fn new(max: usize) -> Self {
+        Self {
+            live: HashMap::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// A message of `key` at `ts_ns`. Returns the sessions pushed out by the bound.
     pub fn touch(
         &mut self,
         key: SessionKey,
         transport: &'static str,
         ts_ns: u64,
-    ) -> Option<(SessionKey, Session)> {
+    ) -> Vec<(SessionKey, Session)> {
         if let Some(s) = self.live.get_mut(&key) {
             s.last_ns = s.last_ns.max(ts_ns);
-            return None;
+            return Vec::new();
         }
-        let evicted = if self.live.len() >= MAX_SESSIONS {
-            let oldest = self
+        let evicted = if self.live.len() >= self.max {
+            // One pass for many: a flood of new sessions costs O(1) each.
+            let n = (self.live.len() / 16).max(1);
+            let mut by_age: Vec<(u64, SessionKey)> = self
                 .live
                 .iter()
-                .min_by_key(|(_, s)| s.last_ns)
-                .map(|(k, _)| k.clone());
-            oldest.and_then(|k| self.live.remove_entry(&k))
+                .map(|(k, s)| (s.last_ns, k.clone()))
+                .collect();
+            by_age.select_nth_unstable_by_key(n - 1, |(ts, _)| *ts);
+            by_age
+                .into_iter()
+                .take(n)
+                .filter_map(|(_, k)| self.live.remove_entry(&k))
+                .collect()
         } else {
-            None
+            Vec::new()
         };
         self.live.insert(
             key,

@@ -148,6 +148,43 @@ impl HttpFramer {
         }
     }
 
+    /// Bytes of the head or body in progress that are held.
+    pub fn pending_bytes(&self) -> u64 {
+        match &self.state {
+            State::Head(b) => b.len() as u64,
+            State::Body {
+                kind: BodyKind::Json { buf, .. },
+                ..
+            } => buf.len() as u64,
+            State::Body {
+                kind: BodyKind::Sse(p),
+                ..
+            } => p.pending_bytes(),
+            _ => 0,
+        }
+    }
+
+    /// Gives up what is buffered (the agent's memory budget is spent): a JSON body or SSE
+    /// event in progress is reported as oversized when it ends; a head in progress is
+    /// dropped and the framer waits for the next one.
+    pub fn shed(&mut self) {
+        match &mut self.state {
+            State::Head(b) if !b.is_empty() => self.state = State::Resync,
+            State::Body {
+                kind: BodyKind::Json { buf, over, .. },
+                ..
+            } => {
+                *over = true;
+                *buf = Vec::new();
+            }
+            State::Body {
+                kind: BodyKind::Sse(p),
+                ..
+            } => p.shed(),
+            _ => {}
+        }
+    }
+
     /// Bytes were lost: whatever message was in progress is abandoned.
     pub fn lost(&mut self) {
         self.state = State::Resync;

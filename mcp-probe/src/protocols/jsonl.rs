@@ -43,6 +43,9 @@ pub struct LineFramer {
     first_ts: u64,
     /// Discarding up to the next newline.
     resync: bool,
+    /// The current line lost its buffer to the agent's memory budget: it is still sized
+    /// exactly, and reported as oversized.
+    shed: bool,
     pub counters: FramerCounters,
 }
 
@@ -55,6 +58,7 @@ impl LineFramer {
             missing: 0,
             first_ts: 0,
             resync: false,
+            shed: false,
             counters: FramerCounters::default(),
         }
     }
@@ -63,12 +67,17 @@ impl LineFramer {
     /// everything up to the first newline is discarded.
     pub fn new_mid_stream(max_message_bytes: usize, first_bytes: &[u8]) -> Self {
         let mut f = Self::new(max_message_bytes);
-        let starts_message = first_bytes
-            .iter()
-            .find(|b| !b.is_ascii_whitespace())
-            .is_some_and(|&b| b == b'{' || b == b'[');
-        f.resync = !starts_message;
+        f.resync = !starts_message(first_bytes);
         f
+    }
+
+    /// After a loss, the next bytes are known to start a message (e.g. a write syscall
+    /// that starts like one: MCP SDKs write one message per write()): nothing needs to be
+    /// skipped.
+    pub fn at_message_start(&mut self) {
+        if self.len == 0 {
+            self.resync = false;
+        }
     }
 
     /// True when no partial line is pending.
@@ -80,6 +89,34 @@ impl LineFramer {
     /// Bytes currently buffered (for memory accounting).
     pub fn buffered_bytes(&self) -> usize {
         self.buf.capacity()
+    }
+
+    /// Captured bytes of the line in progress (kept or not), 0 at a boundary.
+    pub fn pending_bytes(&self) -> u64 {
+        if self.resync {
+            0
+        } else {
+            self.len - self.missing.min(self.len)
+        }
+    }
+
+    /// Gives up the buffer of the line in progress (the agent's memory budget is spent):
+    /// the line is still sized exactly and reported as `Oversized`.
+    pub fn shed(&mut self) {
+        if self.len > 0 {
+            self.shed = true;
+            self.buf = Vec::new();
+        }
+    }
+
+    /// Drops the line in progress for good (its writer is gone); returns its captured bytes.
+    pub fn abandon(&mut self) -> u64 {
+        let pending = self.pending_bytes();
+        self.buf = Vec::new();
+        self.len = 0;
+        self.missing = 0;
+        self.shed = false;
+        pending
     }
 
     /// Feeds captured bytes; calls `emit` for each line completed.
@@ -108,7 +145,7 @@ impl LineFramer {
             }
             self.len += piece.len() as u64;
             let room = self.max_message_bytes.saturating_sub(self.buf.len());
-            if self.len <= self.max_message_bytes as u64 && self.missing == 0 {
+            if self.len <= self.max_message_bytes as u64 && self.missing == 0 && !self.shed {
                 self.buf.extend_from_slice(&piece[..piece.len().min(room)]);
             } else if !self.buf.is_empty() {
                 self.buf = Vec::new(); // over the cap: stop holding memory for it
@@ -129,6 +166,7 @@ impl LineFramer {
     fn finish(&mut self, line: &[u8], len: u64, ts: u64, emit: &mut impl FnMut(Frame<'_>)) {
         let first_ts = self.first_ts;
         let missing = self.missing;
+        let shed = std::mem::take(&mut self.shed);
         self.len = 0;
         self.missing = 0;
         let (line, len) = match line.last() {
@@ -144,7 +182,7 @@ impl LineFramer {
         {
             return; // blank line: not a message
         }
-        if missing > 0 || len > self.max_message_bytes as u64 {
+        if missing > 0 || shed || len > self.max_message_bytes as u64 {
             emit(Frame::Oversized {
                 len,
                 first_ts,
@@ -179,8 +217,17 @@ impl LineFramer {
         self.buf.clear();
         self.len = 0;
         self.missing = 0;
+        self.shed = false;
         self.resync = true;
     }
+}
+
+/// The bytes start like a JSON-RPC text (after optional whitespace): `{` or `[`.
+pub fn starts_message(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{' || b == b'[')
 }
 
 fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
@@ -310,6 +357,30 @@ mod tests {
         assert_eq!(
             run(&mut f, &[(b" {\"a\":1}\n", 1)]),
             vec![Out::Msg(b" {\"a\":1}".to_vec(), 1, 1)]
+        );
+    }
+
+    #[test]
+    fn a_shed_line_is_still_sized_exactly() {
+        let mut f = LineFramer::new(1024);
+        let _ = run(&mut f, &[(b"{\"id\":1,", 1)]);
+        assert_eq!(f.pending_bytes(), 8);
+        f.shed();
+        assert_eq!(f.buffered_bytes(), 0);
+        let out = run(&mut f, &[(b"\"x\":2}\n{}\n", 2)]);
+        assert_eq!(out, vec![Out::Big(14, 0), Out::Msg(b"{}".to_vec(), 2, 2)]);
+        assert_eq!(f.buffered_bytes(), 0);
+    }
+
+    #[test]
+    fn abandon_returns_the_partial_line() {
+        let mut f = LineFramer::new(1024);
+        let _ = run(&mut f, &[(b"{\"id\":1,", 1)]);
+        assert_eq!(f.abandon(), 8);
+        assert!(f.at_boundary());
+        assert_eq!(
+            run(&mut f, &[(b"{}\n", 2)]),
+            vec![Out::Msg(b"{}".to_vec(), 2, 2)]
         );
     }
 

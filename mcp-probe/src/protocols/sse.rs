@@ -39,6 +39,20 @@ impl SseParser {
         self.line.capacity() + self.data.capacity()
     }
 
+    /// Bytes of the event in progress.
+    pub fn pending_bytes(&self) -> u64 {
+        (self.line.len() + self.data.len()) as u64
+    }
+
+    /// Drops the data of the event in progress (memory budget spent): it is counted as
+    /// oversized when it ends.
+    pub fn shed(&mut self) {
+        if self.has_data || !self.line.is_empty() {
+            self.oversized = true;
+            self.data = Vec::new();
+        }
+    }
+
     pub fn push(&mut self, data: &[u8], emit: &mut impl FnMut(Event<'_>)) {
         for &b in data {
             if self.after_cr {
@@ -103,7 +117,7 @@ impl SseParser {
                 if self.has_data {
                     self.data.push(b'\n');
                 }
-                if self.data.len() + value.len() > self.max_event_bytes {
+                if self.oversized || self.data.len() + value.len() > self.max_event_bytes {
                     self.oversized = true;
                 } else {
                     self.data.extend_from_slice(value);

@@ -66,8 +66,18 @@ install_promtool() {
     echo "mcp-env: installed promtool"
 }
 
+# bpftool for the lifecycle tests (programs and maps gone after the agent stops).
+install_bpftool() {
+    command -v bpftool >/dev/null && return 0
+    command -v apt-get >/dev/null || { echo "setup.sh: need bpftool" >&2; exit 1; }
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bpftool) >"$ENV_DIR/apt-bpftool.log" 2>&1 || {
+        cat "$ENV_DIR/apt-bpftool.log" >&2; echo "setup.sh: apt-get install bpftool failed" >&2; exit 1; }
+    echo "mcp-env: installed bpftool"
+}
+
 install_iproute2
 install_promtool
+install_bpftool
 install_venv py2 "$PY_SDK2_VERSION"
 install_venv py1 "$PY_SDK1_VERSION"
 install_node

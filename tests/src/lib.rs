@@ -168,6 +168,42 @@ impl Agent {
         self.child.id()
     }
 
+    /// The agent's resident memory now (`VmRSS`) and at its peak (`VmHWM`), in bytes.
+    pub fn memory(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_else(|e| panic!("agent status: {e}\n{}", self.log_text()));
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{field} missing in agent status"))
+        };
+        (kib("VmRSS:") * 1024, kib("VmHWM:") * 1024)
+    }
+
+    /// Sends `signal` and waits for a clean exit.
+    pub fn stop_with(mut self, signal: i32) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll agent") {
+                assert!(
+                    status.success(),
+                    "agent exited with {status} on signal {signal}:\n{}",
+                    self.log_text()
+                );
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not stop on signal {signal}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn try_scrape(&self) -> Option<String> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
         s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
@@ -210,22 +246,8 @@ impl Agent {
     }
 
     /// Stops the agent with SIGTERM and checks it exits cleanly.
-    pub fn stop(mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("poll agent") {
-                assert!(
-                    status.success(),
-                    "agent exited with {status}:\n{}",
-                    self.log_text()
-                );
-                return;
-            }
-            assert!(Instant::now() < deadline, "agent did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+    pub fn stop(self) {
+        self.stop_with(libc::SIGTERM);
     }
 }
 
@@ -367,6 +389,34 @@ pub fn run_client_args(python: &Path, args: &[&str]) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     summary
+}
+
+/// Runs `tests/mcp/hostile.py` (plain python3: raw JSON-RPC no SDK would send) with `args`
+/// and returns its summary.
+pub fn run_hostile(args: &[&str]) -> serde_json::Value {
+    let out = Command::new("python3")
+        .arg(harness("hostile.py"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run hostile.py");
+    assert!(
+        out.status.success(),
+        "hostile.py {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    summary_of(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The JSON after `summary: ` in a harness's output (the prefix keeps the line from looking
+/// like JSON-RPC to the agent, which would follow the pipe it goes through).
+pub fn summary_of(stdout: &str) -> serde_json::Value {
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("summary: "))
+        .and_then(|j| serde_json::from_str(j).ok())
+        .unwrap_or_else(|| panic!("no summary line in:\n{stdout}"))
 }
 
 /// A server process started for a test; it prints `READY` when it accepts connections and

@@ -66,8 +66,18 @@ install_promtool() {
     echo "mcp-env: installed promtool"
 }
 
+# setpriv and unshare (util-linux) for the privilege tests.
+install_setpriv() {
+    command -v setpriv >/dev/null && command -v unshare >/dev/null && return 0
+    command -v apt-get >/dev/null || { echo "setup.sh: need setpriv and unshare (util-linux)" >&2; exit 1; }
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq util-linux) >"$ENV_DIR/apt-util-linux.log" 2>&1 || {
+        cat "$ENV_DIR/apt-util-linux.log" >&2; echo "setup.sh: apt-get install util-linux failed" >&2; exit 1; }
+    echo "mcp-env: installed util-linux (setpriv, unshare)"
+}
+
 install_iproute2
 install_promtool
+install_setpriv
 install_venv py2 "$PY_SDK2_VERSION"
 install_venv py1 "$PY_SDK1_VERSION"
 install_node

@@ -142,6 +142,33 @@ fn runs_as_nobody_without_the_optional_capability_and_says_so() {
     );
 }
 
+#[test]
+fn runs_as_root_with_only_bpf_and_perfmon() {
+    // A container's root with every other capability dropped: tracefs is root's, so
+    // CAP_DAC_READ_SEARCH is optional here.
+    let _guard = exclusive();
+    let caps = ["bpf", "perfmon"];
+    let prefix: Vec<String> = [
+        "setpriv",
+        "--inh-caps=-all",
+        "--bounding-set=-all,+bpf,+perfmon",
+        "--",
+    ]
+    .map(String::from)
+    .to_vec();
+    let agent = Agent::start_wrapped(&prefix, "info");
+    assert_runs_as(&agent, 0, &caps);
+    assert_captures_stdio_session(&agent);
+    let log = agent.stop_and_log();
+    for cap in ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"] {
+        assert!(
+            log.lines().any(|l| l.contains("WARN mcp_probe::privileges")
+                && l.contains(&format!("missing {cap}: without it"))),
+            "a warning for {cap}:\n{log}"
+        );
+    }
+}
+
 /// Starts the agent through `prefix`, expects a non-zero exit before anything is loaded,
 /// with `names` in its stderr and none of `not`; returns the stderr.
 fn assert_refuses(prefix: &[String], names: &[&str], not: &[&str]) -> String {

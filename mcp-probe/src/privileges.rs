@@ -110,11 +110,14 @@ impl Tracefs {
     }
 }
 
-/// What the check depends on: the effective set, the euid, and tracefs.
+/// What the check depends on: the effective set, the euid, the user namespace, tracefs.
 #[derive(Clone, Copy, Debug)]
 pub struct Host {
     pub effective: CapSet,
     pub euid: u32,
+    /// Running in a user namespace other than the initial one, whose capabilities the
+    /// kernel does not accept for eBPF (`unshare -U`, rootless containers).
+    pub user_namespace: bool,
     pub tracefs: Tracefs,
 }
 
@@ -130,13 +133,24 @@ impl Host {
             path: STATUS,
             reason: "no CapEff line".into(),
         })?;
+        // The initial namespace maps every uid to itself; a child one maps fewer.
+        let user_namespace = std::fs::read_to_string("/proc/self/uid_map")
+            .map(|map| !is_identity_map(&map))
+            .unwrap_or(false);
         Ok(Host {
             effective,
             // SAFETY: geteuid has no preconditions.
             euid: unsafe { libc::geteuid() },
+            user_namespace,
             tracefs: Tracefs::probe(tracefs),
         })
     }
+}
+
+/// Whether a `/proc/PID/uid_map` text is the initial namespace's: `0 0 4294967295`.
+fn is_identity_map(map: &str) -> bool {
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    fields == ["0", "0", "4294967295"]
 }
 
 /// A capability the agent does not have, and what it is for.
@@ -188,22 +202,31 @@ fn list(missing: &[Missing], sep: &str) -> String {
 /// Which capabilities `host` lacks, with `tracefs` the path the agent uses.
 pub fn check(host: &Host, tracefs: &Path) -> Check {
     let has = |c| host.effective.has(c);
-    let admin = has(CAP_SYS_ADMIN);
+    // eBPF, perf events and mounts check capabilities in the initial user namespace.
+    let kernel_has = |c| has(c) && !host.user_namespace;
+    let admin = kernel_has(CAP_SYS_ADMIN);
+    let userns = if host.user_namespace {
+        " (capabilities held in a user namespace do not count: the kernel checks them in \
+         the initial one)"
+    } else {
+        ""
+    };
     let mut out = Check::default();
-    if !has(CAP_BPF) && !admin {
+    if !kernel_has(CAP_BPF) && !admin {
         out.required.push(Missing {
             capability: CAP_BPF,
             or: Some(CAP_SYS_ADMIN),
-            why: "needed to create the eBPF maps and load the eBPF programs".into(),
+            why: format!("needed to create the eBPF maps and load the eBPF programs{userns}"),
         });
     }
-    if !has(CAP_PERFMON) && !admin {
+    if !kernel_has(CAP_PERFMON) && !admin {
         out.required.push(Missing {
             capability: CAP_PERFMON,
             or: Some(CAP_SYS_ADMIN),
-            why: "needed to load tracing programs that read kernel memory and to attach \
-                  them to the syscall tracepoints"
-                .into(),
+            why: format!(
+                "needed to load tracing programs that read kernel memory and to attach \
+                 them to the syscall tracepoints{userns}"
+            ),
         });
     }
     let tracefs = tracefs.display();
@@ -336,6 +359,7 @@ mod tests {
         Host {
             effective: CapSet::of(caps),
             euid,
+            user_namespace: false,
             tracefs,
         }
     }
@@ -368,9 +392,25 @@ mod tests {
         let c = run(Host {
             effective: all,
             euid: 0,
+            user_namespace: false,
             tracefs: Tracefs::Readable,
         });
         assert_eq!(c, Check::default());
+    }
+
+    #[test]
+    fn capabilities_in_a_user_namespace_do_not_count_for_ebpf() {
+        let c = run(Host {
+            effective: CapSet(0x1ff_ffff_ffff),
+            euid: 0,
+            user_namespace: true,
+            tracefs: Tracefs::Readable,
+        });
+        assert_eq!(names(&c.required), ["CAP_BPF", "CAP_PERFMON"]);
+        assert!(c.required[0].to_string().contains("user namespace"));
+        assert!(is_identity_map("         0          0 4294967295\n"));
+        assert!(!is_identity_map("         0          0          1\n"));
+        assert!(!is_identity_map("         0       1000          1\n"));
     }
 
     #[test]

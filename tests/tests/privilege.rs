@@ -227,6 +227,16 @@ fn refuses_to_start_without_a_required_capability() {
         ],
         &["missing CAP_BPF", "missing CAP_PERFMON"],
     );
+    // Root of a new user namespace holds every capability there, none the kernel takes
+    // for eBPF.
+    let userns: Vec<String> = ["unshare", "--user", "--map-root-user", "--"]
+        .map(String::from)
+        .to_vec();
+    assert_refuses(
+        &userns,
+        &["missing CAP_BPF", "missing CAP_PERFMON", "user namespace"],
+        &[],
+    );
     // Root without CAP_BPF but with CAP_SYS_ADMIN is what the kernel accepts: it runs.
     let agent = Agent::start_wrapped(&root_without(&["bpf"]), "info");
     agent.stop();

@@ -20,6 +20,7 @@ pub mod kernel_offsets;
 pub mod loader;
 pub mod metrics;
 pub mod pipeline;
+pub mod privileges;
 pub mod protocols;
 #[cfg(feature = "kernel")]
 pub mod reader;

@@ -17,7 +17,7 @@ use crate::{kernel_offsets, pipeline::StreamControl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("tracefs is not available at {0} and could not be mounted: {1}")]
+    #[error("tracefs is not available at {0} and could not be mounted: {1}{hint}", hint = privilege_hint())]
     Tracefs(&'static str, std::io::Error),
     #[error(transparent)]
     Offsets(#[from] kernel_offsets::OffsetsError),
@@ -37,13 +37,9 @@ pub enum LoadError {
     Map(&'static str, String),
 }
 
-fn privilege_hint() -> &'static str {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        " (mcp-probe needs root, or CAP_BPF + CAP_PERFMON + CAP_SYS_RESOURCE + CAP_DAC_READ_SEARCH)"
-    } else {
-        ""
-    }
+/// Names the required capabilities the agent lacks, if any (see `privileges`).
+fn privilege_hint() -> String {
+    crate::privileges::hint(Path::new(TRACEFS))
 }
 
 pub const TRACEFS: &str = "/sys/kernel/tracing";

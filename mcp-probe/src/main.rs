@@ -20,11 +20,12 @@ use mcp_probe::{
     health, loader,
     metrics::{self, BuildInfoLabels, Metrics},
     pipeline::{Pipeline, PipelineConfig},
-    reader, server,
+    privileges, reader, server,
 };
 
 /// Measures MCP traffic of every process on this host from the kernel (eBPF) and serves
-/// Prometheus metrics. Needs root (or CAP_BPF + CAP_PERFMON).
+/// Prometheus metrics. Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_DAC_READ_SEARCH when not
+/// uid 0); see the README's Privileges section.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
@@ -97,9 +98,14 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(&args.log_format);
+    // Before loading anything: name a missing capability rather than fail on EPERM.
+    let capabilities = privileges::preflight(std::path::Path::new(loader::TRACEFS))?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
+    if let Some(effective) = capabilities {
+        privileges::register(&mut registry, effective);
+    }
     let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     metrics
         .agent

@@ -12,6 +12,7 @@ Usage:
   client.py --scenario NAME [...] --unix PATH [--url http://localhost/mcp]
 
 Scenarios: basic, unknown-method, big, slow, cancel, timeout, hold,
+           markers (arguments and results carry --marker, for exposure tests),
            everything-basic (for @modelcontextprotocol/server-everything),
            auth-fail, rate-limited (for gate_server.py; exit 0 when the
            expected HTTP failure happened).
@@ -688,6 +689,40 @@ async def sc_basic(conn: Conn, t: Tally, a: argparse.Namespace) -> None:
     t.check("probe" in json.dumps(p.model_dump(mode="json")), "greet prompt mentions name")
 
 
+async def sc_markers(conn: Conn, t: Tally, a: argparse.Namespace) -> None:
+    """Tool arguments, tool results and a prompt argument that carry --marker.
+
+    `markers` in the summary lists every string that was on the wire only
+    because of this scenario: the arguments, the servers' result texts that
+    quote them, and the sum `add` returns, which appears in no request.
+    """
+    m = a.marker
+    t.check(bool(m), "--marker is required")
+    await conn.list_tools()
+    t.add("tools/list", "ok")
+    markers = []
+    arg = f"{m}-echo"
+    r = await call(conn, t, "echo", {"text": arg})
+    t.check(_text(r) == arg, f"echo text {_text(r)!r}")
+    markers.append(arg)
+    # Two random 15-digit addends: their sum is in the result only.
+    x, y = (int.from_bytes(os.urandom(6), "big") + 10**14 for _ in range(2))
+    r = await call(conn, t, "add", {"a": x, "b": y})
+    t.check(_text(r) == str(x + y), f"add text {_text(r)!r}")
+    markers += [str(x), str(y), str(x + y)]
+    reason = f"{m}-fail"
+    # probe-py2 does not quote the reason in its error result; probe-py1 does.
+    await call(conn, t, "fail", {"reason": reason}, expect="tool_error")
+    markers.append(reason)
+    name = f"{m}-prompt"
+    p = await conn.get_prompt("greet", {"name": name})
+    t.add("prompts/get", "ok")
+    greeting = f"greet {name} warmly"
+    t.check(greeting in json.dumps(p.model_dump(mode="json")), "greet prompt quotes the name")
+    markers += [name, greeting]
+    t.extra["markers"] = markers
+
+
 async def sc_unknown_method(conn: Conn, t: Tally, a: argparse.Namespace) -> None:
     try:
         await conn.raw_request("probe/unknown")
@@ -874,6 +909,7 @@ SCENARIOS = {
     "cancel": sc_cancel,
     "timeout": sc_timeout,
     "hold": sc_hold,
+    "markers": sc_markers,
     "everything-basic": sc_everything_basic,
     "rate-limited": sc_rate_limited,
     "auth-fail": None,  # handled in run(): the connect itself must fail
@@ -987,6 +1023,7 @@ def main() -> int:
     p.add_argument("--roots", action="store_true")
     p.add_argument("--stop-file", default=None)
     p.add_argument("--max-seconds", type=float, default=300.0)
+    p.add_argument("--marker", default="", help="string the markers scenario puts in arguments")
     p.add_argument("--url", default=None, help="connect over HTTP instead of spawning a stdio server")
     p.add_argument("--transport", default="streamable-http", choices=["streamable-http", "sse"])
     p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE")

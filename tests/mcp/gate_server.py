@@ -2,13 +2,13 @@
 HTTP-level failure tests.
 
 Run: $MCP_ENV/py2/bin/python tests/mcp/gate_server.py --port PORT --mode auth|ratelimit
-         [--limit N] [--sdk py2|py1] [--json-response] [--stateless]
+         [--limit N] [--token TOKEN] [--sdk py2|py1] [--json-response] [--stateless]
 
 The inner app is the real SDK app at /mcp: `probe-py2` (MCPServer, py2 venv,
 default) or `probe-py1` (FastMCP, --sdk py1, run with the py1 venv).
 
 --mode auth       every HTTP request (any method/path) without the header
-                  `Authorization: Bearer good-token` gets
+                  `Authorization: Bearer good-token` (or --token TOKEN) gets
                   `401`, `WWW-Authenticate: Bearer`, `content-type: text/plain`,
                   body `unauthorized\\n` (13 bytes, content-length, not JSON-RPC).
 --mode ratelimit  POSTs number N, N+1, ... (N = --limit, default 3; counted over
@@ -26,12 +26,10 @@ import sys
 sys.dont_write_bytecode = True  # keep tests/mcp free of __pycache__
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-GOOD = b"Bearer good-token"
-
-
 class Gate:
-    def __init__(self, app, mode: str, limit: int) -> None:
+    def __init__(self, app, mode: str, limit: int, token: str = "good-token") -> None:
         self.app, self.mode, self.limit = app, mode, limit
+        self.good = f"Bearer {token}".encode()
         self.posts = 0
         self.rejected = 0
 
@@ -54,7 +52,7 @@ class Gate:
             return await self.app(scope, receive, send)  # lifespan
         hdrs = dict(scope.get("headers") or [])
         if self.mode == "auth":
-            if hdrs.get(b"authorization") != GOOD:
+            if hdrs.get(b"authorization") != self.good:
                 print(f"[gate] 401 {scope['method']} {scope['path']}", file=sys.stderr, flush=True)
                 return await self._reject(receive, send, 401, [(b"www-authenticate", b"Bearer")], b"unauthorized\n")
         elif self.mode == "ratelimit" and scope["method"] == "POST":
@@ -70,6 +68,7 @@ def main() -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--mode", choices=["auth", "ratelimit"], required=True)
     p.add_argument("--limit", type=int, default=3, help="first POST number that gets 429 (default 3)")
+    p.add_argument("--token", default="good-token", help="the bearer token --mode auth accepts")
     p.add_argument("--sdk", choices=["py2", "py1"], default="py2")
     p.add_argument("--json-response", action="store_true")
     p.add_argument("--stateless", action="store_true")
@@ -88,7 +87,7 @@ def main() -> int:
         inner = m.streamable_http_app()
     from _http_serve import serve
 
-    return serve(Gate(inner, a.mode, a.limit), port=a.port)
+    return serve(Gate(inner, a.mode, a.limit, a.token), port=a.port)
 
 
 if __name__ == "__main__":

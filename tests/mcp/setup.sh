@@ -48,36 +48,24 @@ install_node() {
     echo "mcp-env: installed node ($want) in $dir"
 }
 
-# `ip` (iproute2) for the network-namespace test.
-install_iproute2() {
-    command -v ip >/dev/null && return 0
-    command -v apt-get >/dev/null || { echo "setup.sh: need iproute2 (ip)" >&2; exit 1; }
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2) >"$ENV_DIR/apt-install.log" 2>&1 || {
-        cat "$ENV_DIR/apt-install.log" >&2; echo "setup.sh: apt-get install iproute2 failed" >&2; exit 1; }
-    echo "mcp-env: installed iproute2"
+# Debian packages the root tests use, installed only when one of their commands is missing:
+#   iproute2 (ip): the network-namespace test; prometheus (promtool): the recording rules;
+#   bpftool: the lifecycle tests; util-linux (setpriv, unshare): the privilege tests.
+install_deb() { # package command...
+    local pkg="$1" cmd missing=
+    shift
+    for cmd in "$@"; do command -v "$cmd" >/dev/null || missing=1; done
+    [[ -z "$missing" ]] && return 0
+    command -v apt-get >/dev/null || { echo "setup.sh: need $* (Debian package $pkg)" >&2; exit 1; }
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$pkg") >"$ENV_DIR/apt-$pkg.log" 2>&1 || {
+        cat "$ENV_DIR/apt-$pkg.log" >&2; echo "setup.sh: apt-get install $pkg failed" >&2; exit 1; }
+    echo "mcp-env: installed $pkg ($*)"
 }
 
-# promtool (Debian package prometheus) for the recording-rule tests.
-install_promtool() {
-    command -v promtool >/dev/null && return 0
-    command -v apt-get >/dev/null || { echo "setup.sh: need promtool (package prometheus)" >&2; exit 1; }
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) >"$ENV_DIR/apt-prometheus.log" 2>&1 || {
-        cat "$ENV_DIR/apt-prometheus.log" >&2; echo "setup.sh: apt-get install prometheus failed" >&2; exit 1; }
-    echo "mcp-env: installed promtool"
-}
-
-# bpftool for the lifecycle tests (programs and maps gone after the agent stops).
-install_bpftool() {
-    command -v bpftool >/dev/null && return 0
-    command -v apt-get >/dev/null || { echo "setup.sh: need bpftool" >&2; exit 1; }
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends bpftool) >"$ENV_DIR/apt-bpftool.log" 2>&1 || {
-        cat "$ENV_DIR/apt-bpftool.log" >&2; echo "setup.sh: apt-get install bpftool failed" >&2; exit 1; }
-    echo "mcp-env: installed bpftool"
-}
-
-install_iproute2
-install_promtool
-install_bpftool
+install_deb iproute2 ip
+install_deb prometheus promtool
+install_deb bpftool bpftool
+install_deb util-linux setpriv unshare
 install_venv py2 "$PY_SDK2_VERSION"
 install_venv py1 "$PY_SDK1_VERSION"
 install_node

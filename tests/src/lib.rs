@@ -258,6 +258,174 @@ impl Drop for Agent {
     }
 }
 
+// ---- The agent with other privileges (tests/tests/privilege.rs) ----
+
+/// The agent binary copied to a directory every uid can enter and execute from, so the
+/// agent can run as an unprivileged uid whatever the permissions of the checkout. The
+/// copy is replaced atomically (rename), so an agent still running keeps its binary.
+pub fn agent_bin_for_any_uid() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = std::env::var_os("MCP_PROBE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release/mcp-probe"));
+    assert!(
+        bin.exists(),
+        "agent binary {} missing: run `cargo xtask test`",
+        bin.display()
+    );
+    let dir = std::env::temp_dir().join("mcp-probe-any-uid");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    let open = std::fs::Permissions::from_mode(0o755);
+    std::fs::set_permissions(&dir, open.clone())
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", dir.display()));
+    let tmp = dir.join(format!("mcp-probe.{}", std::process::id()));
+    std::fs::copy(&bin, &tmp).unwrap_or_else(|e| panic!("copy {}: {e}", bin.display()));
+    std::fs::set_permissions(&tmp, open).unwrap_or_else(|e| panic!("chmod {}: {e}", tmp.display()));
+    let copy = dir.join("mcp-probe");
+    std::fs::rename(&tmp, &copy).unwrap_or_else(|e| panic!("rename to {}: {e}", copy.display()));
+    copy
+}
+
+/// `setpriv` arguments that run a program as `uid` (gid `uid`, no supplementary groups)
+/// with exactly `caps` (setpriv's names: `bpf`, `perfmon`, ...) in every capability set
+/// (inheritable, ambient, bounding, hence permitted and effective), with no_new_privs.
+pub fn setpriv_as(uid: u32, caps: &[&str]) -> Vec<String> {
+    let set: String = std::iter::once("-all".to_owned())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        "setpriv".into(),
+        format!("--reuid={uid}"),
+        format!("--regid={uid}"),
+        "--clear-groups".into(),
+        format!("--inh-caps={set}"),
+        format!("--ambient-caps={set}"),
+        format!("--bounding-set={set}"),
+        "--no-new-privs".into(),
+    ]
+}
+
+/// `setpriv` arguments that keep uid 0 but drop `caps` from the bounding set, so the
+/// program it runs never holds them.
+pub fn setpriv_root_without(caps: &[&str]) -> Vec<String> {
+    let set: String = caps
+        .iter()
+        .map(|c| format!("-{c}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    vec![
+        "setpriv".into(),
+        "--inh-caps=-all".into(),
+        format!("--bounding-set={set}"),
+    ]
+}
+
+fn any_uid_agent_command(prefix: &[String], port: u16, log_filter: &str) -> Command {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privilege tests start the agent with setpriv and must run as root"
+    );
+    let (program, args) = prefix.split_first().expect("a wrapper command");
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .arg(agent_bin_for_any_uid())
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", log_filter)
+        .env("RUST_BACKTRACE", "0")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    cmd
+}
+
+fn next_test_port() -> u16 {
+    19_464 + (std::process::id() % 500) as u16 * 8 + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 8
+}
+
+impl Agent {
+    /// Starts the agent through `prefix` (e.g. [`setpriv_as`] with `setpriv` first), which
+    /// must end by exec'ing its arguments, so the child is the agent itself (its pid, its
+    /// /proc/PID/status, SIGTERM go to the agent).
+    pub fn start_wrapped(prefix: &[String], log_filter: &str) -> Self {
+        let port = next_test_port();
+        let log = std::env::temp_dir().join(format!("mcp-probe-test-{port}.log"));
+        let log_file = std::fs::File::create(&log).expect("create agent log");
+        let child = any_uid_agent_command(prefix, port, log_filter)
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start agent through {prefix:?}: {e}"));
+        let mut agent = Agent { child, port, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = agent.child.try_wait().expect("poll agent") {
+                panic!(
+                    "agent (through {prefix:?}) exited during start-up ({status}):\n{}",
+                    agent.log_text()
+                );
+            }
+            if agent.try_scrape().is_some() {
+                return agent;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not serve /metrics within 60 s:\n{}",
+                agent.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The raw text of a scrape of /metrics.
+    pub fn scrape_text(&self) -> String {
+        self.try_scrape()
+            .unwrap_or_else(|| panic!("scrape failed:\n{}", self.log_text()))
+    }
+
+    /// Stops the agent like [`Agent::stop`] and returns everything it logged.
+    pub fn stop_and_log(self) -> String {
+        let log = self.log.clone();
+        self.stop();
+        std::fs::read_to_string(&log).unwrap_or_else(|e| panic!("read {}: {e}", log.display()))
+    }
+}
+
+/// Runs the agent through `prefix` expecting it to exit during start-up; returns its exit
+/// status and stderr. Panics if it serves /metrics instead, or is still running after 30 s.
+pub fn agent_start_failure(prefix: &[String]) -> (std::process::ExitStatus, String) {
+    let port = next_test_port();
+    let mut child = any_uid_agent_command(prefix, port, "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start agent through {prefix:?}: {e}"));
+    let mut stderr = child.stderr.take().expect("agent stderr");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("poll agent") {
+            break status;
+        }
+        let serving = TcpStream::connect(("127.0.0.1", port)).is_ok();
+        if serving || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let text = reader.join().unwrap_or_default();
+            panic!(
+                "agent through {prefix:?} {} instead of failing:\n{text}",
+                if serving { "started" } else { "kept running" }
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status, reader.join().expect("stderr reader"))
+}
+
 /// A parsed scrape: series name -> label set -> value.
 #[derive(Debug, Default)]
 pub struct Metrics {

@@ -44,7 +44,8 @@ impl Processes {
                     comm.to_owned()
                 }
             });
-            tracing::debug!(tgid, ?cmdline, comm, name = %derived_name, "process identified");
+            // Never the command line: arguments can hold credentials.
+            tracing::debug!(tgid, comm, name = %derived_name, "process identified");
             ProcessInfo {
                 start_time,
                 derived_name,

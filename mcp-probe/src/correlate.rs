@@ -406,10 +406,13 @@ impl Correlator {
                     ("prompts/get", Some(n)) => (None, Some(self.prompts.value(n, overflow))),
                     _ => (None, None),
                 };
+                // Once per request: by the server, or by the client when the server is not on
+                // this host (a loopback or unix-socket server is, even when its process could
+                // not be identified, e.g. without CAP_SYS_PTRACE).
                 let counts_users = server_is_observer
                     || matches!(
                         self.server_of(obs, false, obs.stream),
-                        Some(ServerRef::Endpoint(_))
+                        Some(ServerRef::Endpoint(e)) if !endpoint_is_local(&e)
                     );
                 let user = if counts_users {
                     self.user_of(obs, server_is_observer)
@@ -1464,6 +1467,12 @@ impl Outcome {
     }
 }
 
+/// An endpoint (`host:port`, `unix:path`) that can only be served from this host: a unix
+/// socket, or a loopback address (each network namespace has its own loopback).
+fn endpoint_is_local(endpoint: &str) -> bool {
+    endpoint.starts_with("unix:") || endpoint.starts_with("127.") || endpoint.starts_with("[::1]:")
+}
+
 fn status_class(status: u16) -> &'static str {
     match status / 100 {
         1 => "1xx",
@@ -1505,6 +1514,21 @@ mod tests {
             .filter(|l| l.starts_with(series))
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum()
+    }
+
+    #[test]
+    fn loopback_and_unix_endpoints_are_on_this_host() {
+        for local in [
+            "127.0.0.1:8000",
+            "127.3.2.1:1",
+            "[::1]:9",
+            "unix:/run/mcp.sock",
+        ] {
+            assert!(endpoint_is_local(local), "{local}");
+        }
+        for remote in ["10.0.0.9:8000", "[2001:db8::1]:443", "192.168.1.1:80"] {
+            assert!(!endpoint_is_local(remote), "{remote}");
+        }
     }
 
     /// Legacy HTTP+SSE: one client process, two sessions to the same server, the same

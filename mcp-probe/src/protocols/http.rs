@@ -343,23 +343,18 @@ fn feed(kind: &mut BodyKind, body: &[u8], max: usize, emit: &mut impl FnMut(Http
                 *over = true;
                 *buf = Vec::new();
             } else if !*over {
-                buf.extend_from_slice(body);
+                super::extend_capped(buf, body, max);
             }
         }
-        BodyKind::Sse(parser) => {
-            let before = parser.oversized_events;
-            parser.push(body, &mut |e| {
-                emit(HttpEvent::Message {
-                    bytes: e.data,
-                    sse_event: Some(e.event),
-                })
-            });
-            for _ in before..parser.oversized_events {
-                emit(HttpEvent::Unparsable {
-                    reason: "oversized",
-                });
-            }
-        }
+        BodyKind::Sse(parser) => parser.push(body, &mut |e| match e {
+            Ok(e) => emit(HttpEvent::Message {
+                bytes: e.data,
+                sse_event: Some(e.event),
+            }),
+            Err(_) => emit(HttpEvent::Unparsable {
+                reason: "oversized",
+            }),
+        }),
     }
 }
 

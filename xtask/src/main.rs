@@ -287,8 +287,8 @@ fn fuzz(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
     let logs = dir.join("target/fuzz-logs");
     std::fs::create_dir_all(&logs)?;
     eprintln!(
-        "fuzz: {} targets, {seconds} s each, {jobs} at a time",
-        targets.len()
+        "fuzz: {} for {seconds} s each, {jobs} at a time",
+        targets.join(", ")
     );
     let mut queue = targets.iter();
     let mut running = VecDeque::new();

@@ -12,6 +12,9 @@
 pub mod blocked;
 pub mod correlate;
 pub mod decode;
+/// Entry points shared by the fuzz targets (`mcp-probe/fuzz`) and the regression tests that
+/// replay their corpus.
+pub mod fuzzing;
 pub mod health;
 pub mod identity;
 #[cfg(feature = "kernel")]

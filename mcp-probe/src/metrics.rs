@@ -698,7 +698,9 @@ impl SeriesCap {
 }
 
 /// Caps the number of distinct values a traffic-derived label may take; values past the cap
-/// become `_other`. Values are also cleaned: at most 128 bytes, no control characters.
+/// become `_other`. Values are also cleaned: at most 128 bytes, no control characters, and
+/// `\` and `"` escaped (prometheus-client writes label values as they are, so an unescaped
+/// quote from a peer would break every scrape).
 pub struct LabelCap {
     name: &'static str,
     cap: usize,
@@ -738,10 +740,18 @@ fn clean_label(raw: &str) -> String {
     while !raw.is_char_boundary(end) {
         end -= 1;
     }
-    raw[..end]
-        .chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    let mut clean = String::with_capacity(end);
+    for c in raw[..end].chars() {
+        match c {
+            '\\' | '"' => {
+                clean.push('\\');
+                clean.push(c);
+            }
+            c if c.is_control() => clean.push('?'),
+            c => clean.push(c),
+        }
+    }
+    clean
 }
 
 #[cfg(test)]
@@ -754,6 +764,11 @@ mod tests {
         let mut cap = LabelCap::new("gen_ai_tool_name", 2);
         assert_eq!(cap.value("a", &overflow), "a");
         assert_eq!(cap.value("b\n", &overflow), "b?");
+        assert_eq!(
+            LabelCap::new("x", 10).value(r#"unix:/tmp/a"b\c"#, &overflow),
+            r#"unix:/tmp/a\"b\\c"#,
+            "quotes and backslashes are escaped for the exposition format"
+        );
         assert_eq!(cap.value("a", &overflow), "a");
         assert_eq!(cap.value("c", &overflow), OTHER);
         assert_eq!(

@@ -1,12 +1,14 @@
-//! Developer commands: `cargo xtask setup | run | test`.
+//! Developer commands: `cargo xtask setup | run | test | fuzz`.
 //!
 //! Every command first installs what is missing (quietly when it is already there): the
-//! nightly `rust-src` component and `bpf-linker` that building the eBPF object needs, and
-//! for `test` the real MCP SDKs the integration tests drive.
+//! nightly `rust-src` component and `bpf-linker` that building the eBPF object needs, for
+//! `test` the real MCP SDKs the integration tests drive, and for `fuzz` cargo-fuzz.
 
 use std::{
+    collections::VecDeque,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Child, Command},
+    time::Instant,
 };
 
 use anyhow::{bail, Context as _, Result};
@@ -42,12 +44,27 @@ enum Cmd {
         /// Only run integration tests whose name contains this.
         #[arg(long)]
         filter: Option<String>,
+        /// Seconds each fuzz target runs after the tests (0 skips fuzzing).
+        #[arg(long, default_value_t = 60)]
+        fuzz_seconds: u64,
+    },
+    /// Fuzz the parsers (cargo-fuzz, nightly): every target, or one, for a while each.
+    /// Fails if any target finds a crash or a broken property.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only this target (`cargo +nightly fuzz list` in mcp-probe/fuzz names them).
+        #[arg(long)]
+        target: Option<String>,
     },
 }
 
 /// bpf-linker 0.10.x links with the LLVM inside the rustc toolchain (newer ones need a
 /// system LLVM this platform cannot install; see PLATFORM.md).
 const BPF_LINKER_VERSION: &str = "0.10.0";
+/// cargo-fuzz, pinned like bpf-linker; 0.13.2 builds with this toolchain and nightly.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -70,7 +87,11 @@ fn main() -> Result<()> {
                 bail!("mcp-probe exited with {status}");
             }
         }
-        Cmd::Test { no_lint, filter } => {
+        Cmd::Test {
+            no_lint,
+            filter,
+            fuzz_seconds,
+        } => {
             setup_build()?;
             setup_tests(&root)?;
             if !no_lint {
@@ -116,7 +137,11 @@ fn main() -> Result<()> {
                 cmd.args(["--", &f]);
             }
             run(&mut cmd, "cargo test")?;
+            if fuzz_seconds > 0 {
+                fuzz(&root, fuzz_seconds, None)?;
+            }
         }
+        Cmd::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref())?,
     }
     Ok(())
 }
@@ -225,4 +250,168 @@ fn build_agent(root: &Path, release: bool) -> Result<PathBuf> {
         .join("target")
         .join(if release { "release" } else { "debug" })
         .join("mcp-probe"))
+}
+
+/// Builds the fuzz targets once, then runs each for `seconds`, as many at a time as there
+/// are cores. New inputs go to a scratch corpus under `mcp-probe/fuzz/target/`; the seeds
+/// and regressions in the repository are only read.
+fn fuzz(root: &Path, seconds: u64, only: Option<&str>) -> Result<()> {
+    let started = Instant::now();
+    setup_fuzz()?;
+    let dir = root.join("mcp-probe/fuzz");
+    run(
+        Command::new("cargo")
+            .args(["+nightly", "fuzz", "build"])
+            .current_dir(&dir),
+        "cargo fuzz build",
+    )?;
+    let list = Command::new("cargo")
+        .args(["+nightly", "fuzz", "list"])
+        .current_dir(&dir)
+        .output()
+        .context("cargo fuzz list")?;
+    if !list.status.success() {
+        bail!("cargo fuzz list failed ({})", list.status);
+    }
+    let mut targets: Vec<String> = String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    if let Some(only) = only {
+        if !targets.iter().any(|t| t == only) {
+            bail!("no fuzz target {only}; there are: {}", targets.join(", "));
+        }
+        targets.retain(|t| t == only);
+    }
+    let jobs = std::thread::available_parallelism().map_or(2, usize::from);
+    let logs = dir.join("target/fuzz-logs");
+    std::fs::create_dir_all(&logs)?;
+    eprintln!(
+        "fuzz: {} for {seconds} s each, {jobs} at a time",
+        targets.join(", ")
+    );
+    let mut queue = targets.iter();
+    let mut running = VecDeque::new();
+    let mut failed = Vec::new();
+    loop {
+        while running.len() < jobs {
+            let Some(target) = queue.next() else { break };
+            running.push_back((target, spawn_fuzz(&dir, target, seconds, &logs)?));
+        }
+        let Some((target, mut child)) = running.pop_front() else {
+            break;
+        };
+        let status = child.wait()?;
+        let log = logs.join(format!("{target}.log"));
+        if !report_fuzz(&dir, target, &log, status.success()) {
+            failed.push(target.as_str());
+        }
+    }
+    let took = started.elapsed().as_secs();
+    eprintln!("fuzz: done in {}m {:02}s", took / 60, took % 60);
+    if !failed.is_empty() {
+        bail!("fuzz targets failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Starts `cargo fuzz run` for one target, logging to `logs/<target>.log`.
+fn spawn_fuzz(dir: &Path, target: &str, seconds: u64, logs: &Path) -> Result<Child> {
+    let scratch = dir.join("target/corpus").join(target);
+    std::fs::create_dir_all(&scratch)?;
+    let mut cmd = Command::new("cargo");
+    cmd.args(["+nightly", "fuzz", "run", target])
+        .arg(&scratch)
+        .arg(dir.join("corpus").join(target));
+    let regressions = dir.join("regressions").join(target);
+    if regressions.is_dir() {
+        cmd.arg(regressions);
+    }
+    let log = std::fs::File::create(logs.join(format!("{target}.log")))?;
+    cmd.args([
+        "--",
+        &format!("-max_total_time={seconds}"),
+        // A unit this slow is a bug too (libFuzzer writes it out like a crash).
+        "-timeout=30",
+    ])
+    .current_dir(dir)
+    .stdout(log.try_clone()?)
+    .stderr(log);
+    cmd.spawn().context("cargo fuzz run")
+}
+
+/// Prints a target's outcome; on failure the input that broke it and how to replay it.
+fn report_fuzz(dir: &Path, target: &str, log: &Path, ok: bool) -> bool {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    if ok {
+        let done = text.lines().rev().find(|l| l.starts_with("Done "));
+        eprintln!("fuzz {target}: ok ({})", done.unwrap_or("no summary"));
+        return true;
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let panic = lines
+        .iter()
+        .position(|l| l.contains("panicked at") || l.contains("ERROR: libFuzzer"));
+    let excerpt = panic.map_or(&lines[lines.len().saturating_sub(20)..], |i| {
+        &lines[i..lines.len().min(i + 6)]
+    });
+    eprintln!("fuzz {target}: FAILED (log: {})", log.display());
+    for line in excerpt {
+        eprintln!("    {line}");
+    }
+    let artifact = text
+        .lines()
+        .find_map(|l| l.split_once("Test unit written to ").map(|(_, p)| p.trim()));
+    if let Some(path) = artifact {
+        eprintln!("  crash input: {path}");
+        eprintln!(
+            "  reproduce:   (cd {} && cargo +nightly fuzz run {target} {path})",
+            dir.display()
+        );
+        eprintln!(
+            "  once fixed, keep it: cp {path} {}/",
+            dir.join("regressions").join(target).display()
+        );
+    }
+    false
+}
+
+/// cargo-fuzz at the pinned version, and the nightly toolchain it builds with.
+fn setup_fuzz() -> Result<()> {
+    let has_nightly = Command::new("cargo")
+        .args(["+nightly", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_nightly {
+        eprintln!("setup: installing the nightly toolchain (fuzz targets build with it)");
+        run(
+            Command::new("rustup").args([
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+            ]),
+            "rustup toolchain install nightly",
+        )?;
+    }
+    let fuzz_ok = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(CARGO_FUZZ_VERSION)
+        });
+    if !fuzz_ok {
+        eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (under a minute)");
+        run(
+            Command::new("cargo").args([
+                "install",
+                &format!("cargo-fuzz@{CARGO_FUZZ_VERSION}"),
+                "--locked",
+                "--force",
+            ]),
+            "cargo install cargo-fuzz",
+        )?;
+    }
+    Ok(())
 }

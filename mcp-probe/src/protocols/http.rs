@@ -11,9 +11,12 @@ use std::io::Read as _;
 
 use super::sse::SseParser;
 
-/// Longest head accepted; a longer one is an error and the framer resynchronises.
-const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Longest head accepted, through its blank line; a longer one is an error and the framer
+/// resynchronises.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 const MAX_HEADERS: usize = 64;
+/// Longest chunk-size line kept (with its extensions); beyond it the line is skipped.
+pub const MAX_CHUNK_LINE_BYTES: usize = 1024;
 
 /// The media type of a body, as far as MCP cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +78,9 @@ enum Chunk {
     Data(u64),
     /// The CRLF after a chunk's data.
     DataEnd(u8),
-    /// Trailer lines after the last chunk, up to an empty line.
-    Trailer(Vec<u8>),
+    /// Trailer lines after the last chunk, up to an empty line; `true` while the current
+    /// line is empty so far (nothing but `\r`). Trailers are not kept.
+    Trailer(bool),
 }
 
 #[derive(Debug)]
@@ -105,7 +109,13 @@ enum State {
 pub struct HttpFramer {
     state: State,
     max_body_bytes: usize,
+    /// The head being read started right after a resynchronisation: if its first bytes turn
+    /// out not to be HTTP after all, it is skipped silently, like any chunk while resyncing.
+    head_after_resync: bool,
 }
+
+/// Bytes [`starts_http`] needs to decide: the longest start it knows (`OPTIONS `).
+const HTTP_START_BYTES: usize = 8;
 
 /// True when `data` starts like an HTTP/1.x request or response (or is too short to tell
 /// and could).
@@ -130,21 +140,26 @@ impl HttpFramer {
         Self {
             state: State::Head(Vec::new()),
             max_body_bytes,
+            head_after_resync: false,
         }
     }
 
     pub fn buffered_bytes(&self) -> usize {
         match &self.state {
             State::Head(b) => b.capacity(),
-            State::Body {
-                kind: BodyKind::Json { buf, .. },
-                ..
-            } => buf.capacity(),
-            State::Body {
-                kind: BodyKind::Sse(p),
-                ..
-            } => p.buffered_bytes(),
-            _ => 0,
+            State::Body { framing, kind } => {
+                let chunk_line = match framing {
+                    BodyFraming::Chunked(Chunk::Size(line)) => line.capacity(),
+                    _ => 0,
+                };
+                chunk_line
+                    + match kind {
+                        BodyKind::Json { buf, .. } => buf.capacity(),
+                        BodyKind::Sse(p) => p.buffered_bytes(),
+                        BodyKind::Skip => 0,
+                    }
+            }
+            State::Resync => 0,
         }
     }
 
@@ -185,6 +200,11 @@ impl HttpFramer {
         }
     }
 
+    /// Skipping bytes until a syscall's bytes start with a head (after garbage or a loss).
+    pub fn resyncing(&self) -> bool {
+        matches!(self.state, State::Resync)
+    }
+
     /// Bytes were lost: whatever message was in progress is abandoned.
     pub fn lost(&mut self) {
         self.state = State::Resync;
@@ -207,25 +227,42 @@ impl HttpFramer {
                 State::Resync => {
                     if starts_http(data) {
                         self.state = State::Head(Vec::new());
+                        self.head_after_resync = true;
                     } else {
                         return; // skip this chunk; heads start at syscall boundaries
                     }
                 }
                 State::Head(buf) => {
-                    if buf.is_empty() && !starts_http(data) {
-                        emit(HttpEvent::Invalid);
-                        self.state = State::Resync;
-                        return;
-                    }
                     let before = buf.len();
-                    buf.extend_from_slice(&data[..data.len().min(MAX_HEAD_BYTES + 4 - before)]);
-                    let Some(end) = find(buf, b"\r\n\r\n").map(|i| i + 4) else {
-                        if buf.len() > MAX_HEAD_BYTES {
+                    // A chunk too short to tell whether it starts a head was kept: decide
+                    // with the bytes that follow, as if they had come in one chunk.
+                    if before < HTTP_START_BYTES {
+                        let start: Vec<u8> = buf
+                            .iter()
+                            .chain(data)
+                            .take(HTTP_START_BYTES)
+                            .copied()
+                            .collect();
+                        if !starts_http(&start) {
+                            if !std::mem::take(&mut self.head_after_resync) {
+                                emit(HttpEvent::Invalid);
+                            }
+                            self.state = State::Resync;
+                            return;
+                        }
+                    }
+                    let take = data.len().min(MAX_HEAD_BYTES - before);
+                    super::extend_capped(buf, &data[..take], MAX_HEAD_BYTES);
+                    // Only the new bytes (and the 3 before them) can complete the blank line.
+                    let from = before.saturating_sub(3);
+                    let Some(end) = find(&buf[from..], b"\r\n\r\n").map(|i| from + i + 4) else {
+                        if buf.len() >= MAX_HEAD_BYTES {
                             emit(HttpEvent::Invalid);
                             self.state = State::Resync;
                         }
                         return;
                     };
+                    self.head_after_resync = false;
                     let consumed = end - before;
                     let head_bytes = std::mem::take(buf);
                     match parse_head(&head_bytes[..end]) {
@@ -322,11 +359,16 @@ fn take_body<'a>(framing: &mut BodyFraming, data: &'a [u8]) -> (usize, &'a [u8],
         }
         BodyFraming::Chunked(chunk) => match chunk {
             Chunk::Size(line) => {
-                let Some(nl) = data.iter().position(|&b| b == b'\n') else {
-                    if line.len() < 1024 {
+                // The line, `\n` included, is kept up to the limit; a longer one is invalid
+                // wherever the bytes are split: the body ends at the limit.
+                let room = MAX_CHUNK_LINE_BYTES - line.len();
+                let nl = match data.iter().position(|&b| b == b'\n') {
+                    Some(nl) if nl < room => nl,
+                    None if data.len() <= room => {
                         line.extend_from_slice(data);
+                        return (data.len(), &[], false);
                     }
-                    return (data.len(), &[], false);
+                    _ => return (room, &[], true),
                 };
                 line.extend_from_slice(&data[..=nl]);
                 let size = match httparse::parse_chunk_size(line) {
@@ -334,7 +376,7 @@ fn take_body<'a>(framing: &mut BodyFraming, data: &'a [u8]) -> (usize, &'a [u8],
                     _ => u64::MAX, // invalid: treat as the end of the body
                 };
                 *chunk = match size {
-                    0 => Chunk::Trailer(Vec::new()),
+                    0 => Chunk::Trailer(true),
                     u64::MAX => return (nl + 1, &[], true),
                     n => Chunk::Data(n),
                 };
@@ -356,13 +398,13 @@ fn take_body<'a>(framing: &mut BodyFraming, data: &'a [u8]) -> (usize, &'a [u8],
                 }
                 (n, &[], false)
             }
-            Chunk::Trailer(line) => {
+            Chunk::Trailer(empty) => {
                 let Some(nl) = data.iter().position(|&b| b == b'\n') else {
-                    line.extend_from_slice(&data[..data.len().min(1024)]);
+                    *empty &= data.iter().all(|&b| b == b'\r');
                     return (data.len(), &[], false);
                 };
-                let blank = line.iter().chain(&data[..nl]).all(|&b| b == b'\r');
-                line.clear();
+                let blank = *empty && data[..nl].iter().all(|&b| b == b'\r');
+                *empty = true;
                 (nl + 1, &[], blank)
             }
         },
@@ -380,23 +422,18 @@ fn feed(kind: &mut BodyKind, body: &[u8], max: usize, emit: &mut impl FnMut(Http
                 *over = true;
                 *buf = Vec::new();
             } else if !*over {
-                buf.extend_from_slice(body);
+                super::extend_capped(buf, body, max);
             }
         }
-        BodyKind::Sse(parser) => {
-            let before = parser.oversized_events;
-            parser.push(body, &mut |e| {
-                emit(HttpEvent::Message {
-                    bytes: e.data,
-                    sse_event: Some(e.event),
-                })
-            });
-            for _ in before..parser.oversized_events {
-                emit(HttpEvent::Unparsable {
-                    reason: "oversized",
-                });
-            }
-        }
+        BodyKind::Sse(parser) => parser.push(body, &mut |e| match e {
+            Ok(e) => emit(HttpEvent::Message {
+                bytes: e.data,
+                sse_event: Some(e.event),
+            }),
+            Err(_) => emit(HttpEvent::Unparsable {
+                reason: "oversized",
+            }),
+        }),
     }
 }
 
@@ -669,6 +706,89 @@ mod tests {
             3,
             "resynchronises at the next head"
         );
+    }
+
+    #[test]
+    fn a_short_chunk_that_only_looks_like_a_method_is_invalid_at_every_split() {
+        let bytes: &[u8] = b"POS.T /mcp HTTP/1.1\r\nHost: x\r\n\r\n";
+        // (A later chunk starting with `HTTP/1.` would be taken for a new head.)
+        for split in 0..=10 {
+            let out = run(
+                &mut HttpFramer::new(1 << 20),
+                &[&bytes[..split], &bytes[split..]],
+            );
+            assert_eq!(out, vec![Ev::Invalid], "split {split}");
+        }
+        // While resynchronising such a chunk is skipped silently, as when it comes whole.
+        let mut f = HttpFramer::new(1 << 20);
+        f.lost();
+        assert_eq!(run(&mut f, &[b"POS", b".T /mcp HTTP/1.1\r\n\r\n"]), vec![]);
+        assert!(f.resyncing());
+        assert_eq!(run(&mut f, &[POST]).len(), 3);
+    }
+
+    #[test]
+    fn head_limit_is_the_same_however_the_head_is_split() {
+        let head = |len: usize| {
+            let mut h = b"GET /sse HTTP/1.1\r\nX: ".to_vec();
+            h.resize(len - 4, b'a');
+            h.extend_from_slice(b"\r\n\r\n");
+            h
+        };
+        for (len, ok) in [(MAX_HEAD_BYTES, true), (MAX_HEAD_BYTES + 1, false)] {
+            let h = head(len);
+            for split in [1, 100, len - 3, len - 1] {
+                let out = run(&mut HttpFramer::new(1 << 20), &[&h[..split], &h[split..]]);
+                let parsed = matches!(out.first(), Some(Ev::Head(..)));
+                assert_eq!(parsed, ok, "head of {len} bytes split at {split}: {out:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_sse_events_are_reported_in_order_at_every_split() {
+        let bytes: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\ndata: 0123456789\n\ndata: ok\n\ndata: 0123456789\n\n";
+        let expected = vec![
+            Ev::Head(None, 200, Media::EventStream, None),
+            Ev::Bad("oversized"),
+            Ev::Msg("ok".into(), Some("message".into())),
+            Ev::Bad("oversized"),
+        ];
+        for split in 0..=bytes.len() {
+            let out = run(&mut HttpFramer::new(8), &[&bytes[..split], &bytes[split..]]);
+            assert_eq!(out, expected, "split {split}");
+        }
+    }
+
+    #[test]
+    fn chunk_lines_are_bounded_however_they_are_split() {
+        let head: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+        // A trailer line that never ends is skipped, not buffered.
+        let mut f = HttpFramer::new(1 << 20);
+        let _ = run(&mut f, &[head, b"2\r\n{}\r\n0\r\n"]);
+        for _ in 0..1000 {
+            let _ = run(&mut f, &[&[b'a'; 64][..]]);
+        }
+        assert!(f.buffered_bytes() < 64, "{}", f.buffered_bytes());
+        // A chunk-size line over the limit ends the body at the limit at every split.
+        let mut bytes = head.to_vec();
+        bytes.extend_from_slice(b"2");
+        bytes.extend_from_slice(&b";a".repeat(MAX_CHUNK_LINE_BYTES));
+        bytes.extend_from_slice(b"\r\n{}\r\n0\r\n\r\n");
+        let whole = run(&mut HttpFramer::new(1 << 20), &[&bytes]);
+        assert_eq!(whole[1], Ev::End, "{whole:?}");
+        for split in [
+            head.len() + 1,
+            head.len() + 500,
+            head.len() + 1030,
+            bytes.len() - 9,
+        ] {
+            let out = run(
+                &mut HttpFramer::new(1 << 20),
+                &[&bytes[..split], &bytes[split..]],
+            );
+            assert_eq!(out, whole, "split {split}");
+        }
     }
 
     #[test]

@@ -41,6 +41,10 @@ pub struct LineFramer {
     /// Bytes of the current line the kernel did not capture.
     missing: u64,
     first_ts: u64,
+    /// The current line so far ends with a captured `\r` (stripped if `\n` follows).
+    ends_cr: bool,
+    /// Every byte of the current line so far is captured ASCII whitespace.
+    blank: bool,
     /// Discarding up to the next newline.
     resync: bool,
     /// The current line lost its buffer to the agent's memory budget: it is still sized
@@ -57,6 +61,8 @@ impl LineFramer {
             len: 0,
             missing: 0,
             first_ts: 0,
+            ends_cr: false,
+            blank: true,
             resync: false,
             shed: false,
             counters: FramerCounters::default(),
@@ -116,6 +122,8 @@ impl LineFramer {
         self.len = 0;
         self.missing = 0;
         self.shed = false;
+        self.ends_cr = false;
+        self.blank = true;
         pending
     }
 
@@ -138,15 +146,21 @@ impl LineFramer {
             if self.len == 0 {
                 self.first_ts = ts;
             }
+            if !piece.is_empty() {
+                self.ends_cr = piece.last() == Some(&b'\r');
+                self.blank &= piece.iter().all(u8::is_ascii_whitespace);
+            }
             if ends_line && self.len == 0 {
                 // Whole line inside this chunk: hand it out without copying.
                 self.finish(piece, piece.len() as u64, ts, emit);
                 continue;
             }
             self.len += piece.len() as u64;
-            let room = self.max_message_bytes.saturating_sub(self.buf.len());
-            if self.len <= self.max_message_bytes as u64 && self.missing == 0 && !self.shed {
-                self.buf.extend_from_slice(&piece[..piece.len().min(room)]);
+            // One byte over the cap may be the `\r` of a line that fits without it.
+            let keep = self.max_message_bytes.saturating_add(1);
+            let room = keep.saturating_sub(self.buf.len());
+            if self.len <= keep as u64 && self.missing == 0 && !self.shed {
+                super::extend_capped(&mut self.buf, &piece[..piece.len().min(room)], keep);
             } else if !self.buf.is_empty() {
                 self.buf = Vec::new(); // over the cap: stop holding memory for it
             }
@@ -163,25 +177,25 @@ impl LineFramer {
         }
     }
 
+    /// Ends the current line; `line` holds all of it unless it was over the cap or had a
+    /// hole. Whether it ends with `\r` or is blank does not depend on that.
     fn finish(&mut self, line: &[u8], len: u64, ts: u64, emit: &mut impl FnMut(Frame<'_>)) {
         let first_ts = self.first_ts;
         let missing = self.missing;
         let shed = std::mem::take(&mut self.shed);
+        let (ends_cr, blank) = (self.ends_cr, self.blank);
         self.len = 0;
         self.missing = 0;
-        let (line, len) = match line.last() {
-            Some(b'\r') if missing == 0 && len == line.len() as u64 => {
-                (&line[..line.len() - 1], len - 1)
-            }
-            _ => (line, len),
-        };
-        if len == 0
-            || (missing == 0
-                && line.iter().all(u8::is_ascii_whitespace)
-                && len == line.len() as u64)
-        {
+        self.ends_cr = false;
+        self.blank = true;
+        if blank {
             return; // blank line: not a message
         }
+        let len = len - u64::from(ends_cr);
+        let line = match (ends_cr, line.split_last()) {
+            (true, Some((_, without_cr))) => without_cr,
+            _ => line,
+        };
         if missing > 0 || shed || len > self.max_message_bytes as u64 {
             emit(Frame::Oversized {
                 len,
@@ -199,14 +213,17 @@ impl LineFramer {
     }
 
     /// Bytes the kernel knowingly did not capture inside one syscall (truncation). The
-    /// current line keeps counting its length through the hole.
+    /// current line keeps counting its length through the hole. While resynchronising they
+    /// are not counted as discarded: they never reached the agent, and the kernel already
+    /// counts them as lost (`truncated`).
     pub fn hole(&mut self, len: u64) {
-        if self.resync {
-            self.counters.resync_discarded_bytes += len;
-            return;
+        if self.resync || len == 0 {
+            return; // an empty hole (a malformed gap record) must not cost the line its bytes
         }
         self.len += len;
         self.missing += len;
+        self.ends_cr = false;
+        self.blank = false;
         self.buf = Vec::new();
     }
 
@@ -218,6 +235,8 @@ impl LineFramer {
         self.len = 0;
         self.missing = 0;
         self.shed = false;
+        self.ends_cr = false;
+        self.blank = true;
         self.resync = true;
     }
 }
@@ -320,6 +339,30 @@ mod tests {
     }
 
     #[test]
+    fn buffer_never_allocates_past_the_cap() {
+        let mut f = LineFramer::new(256);
+        let _ = run(&mut f, &[(&[b'x'; 250][..], 1), (&[b'x'; 6][..], 1)]);
+        assert!(f.buffered_bytes() <= 257, "{}", f.buffered_bytes());
+    }
+
+    #[test]
+    fn oversized_crlf_line_has_the_same_length_however_it_is_split() {
+        let line = b"{\"a\":\"0123456789\"}\r\n"; // 18 bytes before the CRLF
+        for split in 0..=line.len() {
+            let mut f = LineFramer::new(16);
+            let out = run(&mut f, &[(&line[..split], 1), (&line[split..], 1)]);
+            assert_eq!(out, vec![Out::Big(18, 0)], "split at {split}");
+        }
+        // A line of exactly the cap before its CRLF is a message, even when split.
+        let mut f = LineFramer::new(16);
+        let out = run(
+            &mut f,
+            &[(b"{\"a\":\"01234567", 1), (b"\"}\r", 1), (b"\n", 1)],
+        );
+        assert_eq!(out, vec![Out::Msg(b"{\"a\":\"01234567\"}".to_vec(), 1, 1)]);
+    }
+
+    #[test]
     fn oversized_line_in_one_chunk() {
         let mut f = LineFramer::new(4);
         let out = run(&mut f, &[(b"{\"a\":1}\n{}\n", 1)]);
@@ -337,6 +380,22 @@ mod tests {
     }
 
     #[test]
+    fn empty_hole_keeps_the_line() {
+        let mut f = LineFramer::new(1024);
+        let _ = run(&mut f, &[(b"{\"a\":", 1)]);
+        f.hole(0);
+        let out = run(&mut f, &[(b"1}\n  ", 2)]);
+        f.hole(0);
+        let out2 = run(&mut f, &[(b" \n", 3)]);
+        assert_eq!(out, vec![Out::Msg(b"{\"a\":1}".to_vec(), 1, 2)]);
+        assert_eq!(
+            out2,
+            vec![],
+            "a blank line around an empty hole is still blank"
+        );
+    }
+
+    #[test]
     fn loss_resynchronises_at_next_newline() {
         let mut f = LineFramer::new(1024);
         let _ = run(&mut f, &[(b"{\"id\":1,", 1)]);
@@ -344,6 +403,17 @@ mod tests {
         let out = run(&mut f, &[(b"tail of something}\n{\"ok\":1}\n", 2)]);
         assert_eq!(out, vec![Out::Msg(b"{\"ok\":1}".to_vec(), 2, 2)]);
         assert_eq!(f.counters.resync_discarded_bytes, 8 + 19);
+    }
+
+    #[test]
+    fn hole_while_resynchronising_is_not_a_discarded_byte() {
+        let mut f = LineFramer::new(1024);
+        let _ = run(&mut f, &[(b"{\"id\":1,", 1)]);
+        f.lost();
+        f.hole(4096);
+        let out = run(&mut f, &[(b"tail}\n{}\n", 2)]);
+        assert_eq!(out, vec![Out::Msg(b"{}".to_vec(), 2, 2)]);
+        assert_eq!(f.counters.resync_discarded_bytes, 8 + 6);
     }
 
     #[test]

@@ -182,10 +182,11 @@ pub fn parse(line: &[u8]) -> Result<Parsed<'_>, ParseError> {
 
 fn parse_one(bytes: &[u8]) -> Result<Message<'_>, ParseError> {
     let env: Envelope<'_> = serde_json::from_slice(bytes).map_err(|e| {
-        if e.is_data() {
-            ParseError::NotJsonRpc("not a JSON-RPC object")
-        } else {
-            ParseError::InvalidJson(e.to_string())
+        // A type error stops the parse where it is found: the rest may not be JSON at all.
+        match serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+            Ok(_) if e.is_data() => ParseError::NotJsonRpc("not a JSON-RPC object"),
+            Ok(_) => ParseError::InvalidJson(e.to_string()),
+            Err(syntax) => ParseError::InvalidJson(syntax.to_string()),
         }
     })?;
     if env.jsonrpc.as_deref() != Some("2.0") {
@@ -476,6 +477,8 @@ mod tests {
             b"\xff\xfe",
             b"nul",
             b"{\"a\":1}}",
+            b"{\"jsonrpc\":{{{\"2.0\",\"id\":1}",
+            b"{\"jsonrpc\":\"2.0\",\"id\":[1],\"method\":\"a\" junk",
         ] {
             assert_eq!(parse(bad).unwrap_err().reason(), "invalid_json", "{bad:?}");
         }

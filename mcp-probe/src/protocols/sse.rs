@@ -5,6 +5,11 @@
 //! keep-alives), `id:` and `retry:` fields, and empty priming events (no data: not
 //! emitted).
 
+/// An event that outgrew the cap: dropped (and counted in `oversized_events`), reported in
+/// its place among the events.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Oversized;
+
 /// One complete event.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Event<'a> {
@@ -53,7 +58,7 @@ impl SseParser {
         }
     }
 
-    pub fn push(&mut self, data: &[u8], emit: &mut impl FnMut(Event<'_>)) {
+    pub fn push(&mut self, data: &[u8], emit: &mut impl FnMut(Result<Event<'_>, Oversized>)) {
         for &b in data {
             if self.after_cr {
                 self.after_cr = false;
@@ -68,7 +73,7 @@ impl SseParser {
                 }
                 _ => {
                     if self.line.len() < self.max_event_bytes {
-                        self.line.push(b);
+                        super::extend_capped(&mut self.line, &[b], self.max_event_bytes);
                     } else {
                         self.oversized = true;
                     }
@@ -77,7 +82,7 @@ impl SseParser {
         }
     }
 
-    fn end_line(&mut self, emit: &mut impl FnMut(Event<'_>)) {
+    fn end_line(&mut self, emit: &mut impl FnMut(Result<Event<'_>, Oversized>)) {
         if self.line.is_empty() {
             // Blank line: dispatch.
             if self.has_data && !self.oversized {
@@ -86,12 +91,13 @@ impl SseParser {
                 } else {
                     self.event.as_str()
                 };
-                emit(Event {
+                emit(Ok(Event {
                     event,
                     data: &self.data,
-                });
+                }));
             } else if self.oversized {
                 self.oversized_events += 1;
+                emit(Err(Oversized));
             }
             self.event.clear();
             self.data.clear();
@@ -114,13 +120,16 @@ impl SseParser {
         };
         match field {
             b"data" => {
-                if self.has_data {
-                    self.data.push(b'\n');
-                }
-                if self.oversized || self.data.len() + value.len() > self.max_event_bytes {
+                // Lines are joined with `\n`, which counts against the cap too. Once over
+                // it, nothing more of the event is kept.
+                let sep: &[u8] = if self.has_data { b"\n" } else { b"" };
+                if self.oversized
+                    || self.data.len() + sep.len() + value.len() > self.max_event_bytes
+                {
                     self.oversized = true;
                 } else {
-                    self.data.extend_from_slice(value);
+                    super::extend_capped(&mut self.data, sep, self.max_event_bytes);
+                    super::extend_capped(&mut self.data, value, self.max_event_bytes);
                 }
                 self.has_data = true;
             }
@@ -139,7 +148,11 @@ mod tests {
     fn events(p: &mut SseParser, chunks: &[&[u8]]) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
         for c in chunks {
-            p.push(c, &mut |e| out.push((e.event.to_owned(), e.data.to_vec())));
+            p.push(c, &mut |e| {
+                if let Ok(e) = e {
+                    out.push((e.event.to_owned(), e.data.to_vec()))
+                }
+            });
         }
         out
     }
@@ -197,6 +210,22 @@ mod tests {
                 ("message".into(), b"a\nb".to_vec())
             ]
         );
+    }
+
+    #[test]
+    fn data_lines_of_an_oversized_event_are_not_kept() {
+        let mut p = SseParser::new(16);
+        let mut stream = b"data: 0123456789abcdefghij\n".to_vec();
+        stream.extend_from_slice(&b"data:\n".repeat(1000));
+        assert_eq!(events(&mut p, &[&stream]), vec![]);
+        assert!(p.buffered_bytes() <= 2 * 16, "{}", p.buffered_bytes());
+        // Joining newlines count: two 8-byte lines make 17 bytes, over a cap of 16.
+        let out = events(
+            &mut p,
+            &[b"\ndata: 01234567\ndata: 01234567\n\ndata: ok\n\n"],
+        );
+        assert_eq!(out, vec![("message".into(), b"ok".to_vec())]);
+        assert_eq!(p.oversized_events, 2);
     }
 
     #[test]

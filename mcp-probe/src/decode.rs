@@ -42,14 +42,15 @@ impl Record<'_> {
         self.syscall.direction()
     }
 
-    /// The process name as the kernel reports it (up to 15 bytes).
-    pub fn comm(&self) -> String {
+    /// The process name as the kernel reports it (up to 15 bytes), borrowed; a name that
+    /// is not UTF-8 (the kernel copies whatever the program set) is `?`.
+    pub fn comm(&self) -> &str {
         let end = self
             .comm
             .iter()
             .position(|&b| b == 0)
             .unwrap_or(self.comm.len());
-        String::from_utf8_lossy(&self.comm[..end]).into_owned()
+        std::str::from_utf8(&self.comm[..end]).unwrap_or("?")
     }
 }
 

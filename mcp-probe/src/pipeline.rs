@@ -244,7 +244,7 @@ impl<C: StreamControl> Pipeline<C> {
             // and ask the kernel to report its exit. A pid seen exiting before belongs to a
             // new process now.
             self.correlator.on_process_seen(r.tgid);
-            self.correlator.processes.observe(r.tgid, &r.comm());
+            self.correlator.processes.observe(r.tgid, r.comm());
             if self.watched.len() < WATCHED_CAP && self.control.watch_process(r.tgid) {
                 self.watched.insert(r.tgid);
             }
@@ -319,7 +319,7 @@ impl<C: StreamControl> Pipeline<C> {
         let peer = view.peer.clone();
         let obs = Observation {
             tgid: r.tgid,
-            comm: &comm,
+            comm,
             direction: r.direction(),
             stream,
             transport: view.transport,
@@ -508,7 +508,7 @@ impl<C: StreamControl> Pipeline<C> {
             addr: r.stream_id,
             ino: r.ino,
         };
-        self.close_stream(stream, r.tgid, &r.comm(), r.ts_ns);
+        self.close_stream(stream, r.tgid, r.comm(), r.ts_ns);
     }
 
     /// Process `tgid` closed its end of a followed socket (or exited).
@@ -604,7 +604,7 @@ impl<C: StreamControl> Pipeline<C> {
         let comm = r.comm();
         let obs = Observation {
             tgid: r.tgid,
-            comm: &comm,
+            comm,
             direction: r.direction(),
             stream,
             transport,

@@ -47,7 +47,14 @@ pub fn run<C: StreamControl>(
     } = kernel;
     let mut kernel = KernelStats::new(stats, metrics);
     let mut last_sweep = Instant::now();
-    let timeout_ms = config.drain_interval.as_millis().clamp(1, i32::MAX as u128) as i32;
+    let busy_ms = config
+        .drain_interval
+        .as_millis()
+        .clamp(1, IDLE_DRAIN_MS as u128) as i32;
+    // Idle, the timer backs off (doubling up to IDLE_DRAIN_MS): the kernel still wakes the
+    // agent at --wakeup-bytes, so a burst is drained at once, and the first record drained
+    // brings the timer back to --drain-interval-ms.
+    let mut timeout_ms = busy_ms;
     let fd = events.as_raw_fd();
     loop {
         let mut pfd = libc::pollfd {
@@ -55,12 +62,20 @@ pub fn run<C: StreamControl>(
             events: libc::POLLIN,
             revents: 0,
         };
+        let wait = timeout_ms.min(sweep_due_ms(last_sweep, config.sweep_interval));
         // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+        unsafe { libc::poll(&mut pfd, 1, wait) };
         // Let a burst build up into one batch before draining.
+        let mut drained = false;
         while let Some(item) = events.next() {
             pipeline.on_record_bytes(&item);
+            drained = true;
         }
+        timeout_ms = if drained {
+            busy_ms
+        } else {
+            (timeout_ms * 2).min(IDLE_DRAIN_MS)
+        };
         if let Some(log) = kernel_log.as_mut() {
             log.flush();
         }
@@ -74,6 +89,17 @@ pub fn run<C: StreamControl>(
             break;
         }
     }
+}
+
+/// The longest the drain timer backs off to when nothing arrives (ms).
+const IDLE_DRAIN_MS: i32 = 200;
+
+/// Milliseconds until the next sweep is due (at least 1).
+fn sweep_due_ms(last: Instant, every: Duration) -> i32 {
+    every
+        .saturating_sub(last.elapsed())
+        .as_millis()
+        .clamp(1, i32::MAX as u128) as i32
 }
 
 /// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.

@@ -117,34 +117,31 @@ impl Agent {
             0,
             "integration tests load eBPF programs and must run as root"
         );
-        let bin = std::env::var_os("MCP_PROBE_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo_root().join("target/release/mcp-probe"));
-        assert!(
-            bin.exists(),
-            "agent binary {} missing: run `cargo xtask test`",
-            bin.display()
-        );
-        let port = 19_464
-            + (std::process::id() % 500) as u16 * 8
-            + NEXT_PORT.fetch_add(1, Ordering::Relaxed) % 8;
-        let log = std::env::temp_dir().join(format!("mcp-probe-test-{port}.log"));
-        let log_file = std::fs::File::create(&log).expect("create agent log");
-        let child = Command::new(&bin)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+        let port = next_test_port();
+        let mut cmd = Command::new(agent_bin());
+        cmd.args(["--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
             .env("RUST_LOG", log_filter)
             .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
+            .stdout(Stdio::null());
+        Self::spawn(cmd, port, "agent")
+    }
+
+    /// Spawns `cmd` (the agent, listening on `port`) with its stderr in a log file, and
+    /// waits until it serves /metrics.
+    fn spawn(mut cmd: Command, port: u16, what: &str) -> Self {
+        let log = std::env::temp_dir().join(format!("mcp-probe-test-{port}.log"));
+        let log_file = std::fs::File::create(&log).expect("create agent log");
+        let child = cmd
             .stderr(log_file)
             .spawn()
-            .expect("start agent");
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
         let mut agent = Agent { child, port, log };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = agent.child.try_wait().expect("poll agent") {
                 panic!(
-                    "agent exited during start-up ({status}):\n{}",
+                    "{what} exited during start-up ({status}):\n{}",
                     agent.log_text()
                 );
             }
@@ -153,11 +150,24 @@ impl Agent {
             }
             assert!(
                 Instant::now() < deadline,
-                "agent did not serve /metrics within 60 s:\n{}",
+                "{what} did not serve /metrics within 60 s:\n{}",
                 agent.log_text()
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// CPU time the agent's threads have used, in seconds (from each thread's
+    /// `schedstat`, which counts nanoseconds, where `stat` counts 10 ms ticks).
+    pub fn cpu_seconds(&self) -> f64 {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .unwrap_or_else(|e| panic!("agent tasks: {e}"));
+        let ns: u64 = tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+            .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        ns as f64 / 1e9
     }
 
     pub fn log_text(&self) -> String {
@@ -258,13 +268,8 @@ impl Drop for Agent {
     }
 }
 
-// ---- The agent with other privileges (tests/tests/privilege.rs) ----
-
-/// The agent binary copied to a directory every uid can enter and execute from, so the
-/// agent can run as an unprivileged uid whatever the permissions of the checkout. The
-/// copy is replaced atomically (rename), so an agent still running keeps its binary.
-pub fn agent_bin_for_any_uid() -> PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
+/// The agent binary: `MCP_PROBE_BIN`, or the release build.
+pub fn agent_bin() -> PathBuf {
     let bin = std::env::var_os("MCP_PROBE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/release/mcp-probe"));
@@ -273,6 +278,17 @@ pub fn agent_bin_for_any_uid() -> PathBuf {
         "agent binary {} missing: run `cargo xtask test`",
         bin.display()
     );
+    bin
+}
+
+// ---- The agent with other privileges (tests/tests/privilege.rs) ----
+
+/// The agent binary copied to a directory every uid can enter and execute from, so the
+/// agent can run as an unprivileged uid whatever the permissions of the checkout. The
+/// copy is replaced atomically (rename), so an agent still running keeps its binary.
+pub fn agent_bin_for_any_uid() -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bin = agent_bin();
     let dir = std::env::temp_dir().join("mcp-probe-any-uid");
     std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
     let open = std::fs::Permissions::from_mode(0o755);
@@ -351,31 +367,8 @@ impl Agent {
     /// /proc/PID/status, SIGTERM go to the agent).
     pub fn start_wrapped(prefix: &[String], log_filter: &str) -> Self {
         let port = next_test_port();
-        let log = std::env::temp_dir().join(format!("mcp-probe-test-{port}.log"));
-        let log_file = std::fs::File::create(&log).expect("create agent log");
-        let child = any_uid_agent_command(prefix, port, log_filter)
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start agent through {prefix:?}: {e}"));
-        let mut agent = Agent { child, port, log };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = agent.child.try_wait().expect("poll agent") {
-                panic!(
-                    "agent (through {prefix:?}) exited during start-up ({status}):\n{}",
-                    agent.log_text()
-                );
-            }
-            if agent.try_scrape().is_some() {
-                return agent;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not serve /metrics within 60 s:\n{}",
-                agent.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let cmd = any_uid_agent_command(prefix, port, log_filter);
+        Self::spawn(cmd, port, &format!("agent (through {prefix:?})"))
     }
 
     /// The raw text of a scrape of /metrics.

@@ -14,6 +14,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 #[derive(Parser)]
 #[command(about = "mcp-probe developer commands")]
 struct Cli {
@@ -57,6 +59,19 @@ enum Cmd {
         /// Only this target (`cargo +nightly fuzz list` in mcp-probe/fuzz names them).
         #[arg(long)]
         target: Option<String>,
+    },
+    /// Measure what the agent costs, with and without it in one run (needs root), and
+    /// write the tables to BENCHMARKS.md.
+    Bench {
+        /// Passes with the agent (there is one more without).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds each workload runs in each pass.
+        #[arg(long, default_value_t = 1.0)]
+        seconds: f64,
+        /// Where to write the report, relative to the repository.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
     },
 }
 
@@ -142,6 +157,40 @@ fn main() -> Result<()> {
             }
         }
         Cmd::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref())?,
+        Cmd::Bench {
+            rounds,
+            seconds,
+            out,
+        } => {
+            setup_build()?;
+            setup_tests(&root)?;
+            let agent = build_agent(&root, true)?;
+            run(
+                Command::new("cargo")
+                    .args([
+                        "build",
+                        "--release",
+                        "--package",
+                        "integration-tests",
+                        "--bin",
+                        "mcp-bench",
+                    ])
+                    .current_dir(&root),
+                "cargo build mcp-bench",
+            )?;
+            // The test-support library finds the agent through this variable.
+            std::env::set_var("MCP_PROBE_BIN", &agent);
+            let workloads = root.join("target/release/mcp-bench");
+            bench::bench(
+                &root,
+                &workloads,
+                &bench::Options {
+                    rounds,
+                    seconds,
+                    out,
+                },
+            )?;
+        }
     }
     Ok(())
 }
@@ -376,25 +425,10 @@ fn report_fuzz(dir: &Path, target: &str, log: &Path, ok: bool) -> bool {
     false
 }
 
-/// cargo-fuzz at the pinned version, and the nightly toolchain it builds with.
+/// cargo-fuzz at the pinned version, and the nightly toolchain it builds with (the one
+/// `setup_build` installs for the eBPF object).
 fn setup_fuzz() -> Result<()> {
-    let has_nightly = Command::new("cargo")
-        .args(["+nightly", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !has_nightly {
-        eprintln!("setup: installing the nightly toolchain (fuzz targets build with it)");
-        run(
-            Command::new("rustup").args([
-                "toolchain",
-                "install",
-                "nightly",
-                "--profile",
-                "minimal",
-            ]),
-            "rustup toolchain install nightly",
-        )?;
-    }
+    setup_build()?;
     let fuzz_ok = Command::new("cargo")
         .args(["fuzz", "--version"])
         .output()

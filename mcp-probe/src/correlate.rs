@@ -10,9 +10,12 @@
 //! every series of one exchange carries the same labels, including the server's name,
 //! which is often learned from the handshake's response.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::{HashMap, HashSet};
 
 use mcp_probe_common::Direction;
+use prometheus_client::metrics::{counter::Counter, histogram::Histogram};
 
 use crate::{
     identity::Processes,
@@ -264,6 +267,27 @@ enum Finished {
     },
 }
 
+/// The metric handles of one exchange series (side, labels, outcome): clones share the
+/// counters and histograms of the families, so counting a request through them costs one
+/// map lookup instead of one per family.
+#[derive(Clone)]
+struct SeriesHandles {
+    requests: Counter,
+    request_size: Histogram,
+    ending: EndingHandles,
+}
+
+#[derive(Clone)]
+enum EndingHandles {
+    /// Cancellations or timeouts.
+    Counter(Counter),
+    Response {
+        responses: Counter,
+        response_size: Histogram,
+        duration: Histogram,
+    },
+}
+
 /// Exchanges of a server whose name is not settled yet: the handshake is still going on
 /// (e.g. `server/discover` refused, then `initialize` announces `serverInfo`).
 struct Unsettled {
@@ -319,6 +343,9 @@ pub struct Correlator {
     exchange_series: [SeriesCap; 2],
     notification_series: [SeriesCap; 2],
     user_series: SeriesCap,
+    /// Handles of the admitted exchange series, by a hash of their labels.
+    series: HashMap<u64, SeriesHandles>,
+    series_hasher: foldhash::fast::RandomState,
 }
 
 const FINISHED_EARLY_CAP: usize = 10_000;
@@ -340,27 +367,29 @@ impl Correlator {
                 SeriesCap::new(config.max_series),
             ],
             user_series: SeriesCap::new(config.max_series),
+            series: HashMap::default(),
+            series_hasher: foldhash::fast::RandomState::default(),
             tools: LabelCap::new("gen_ai_tool_name", config.max_tools),
             prompts: LabelCap::new("gen_ai_prompt_name", config.max_prompts),
             servers: LabelCap::new("mcp_server_name", config.max_servers),
             metrics,
             processes: Processes::default(),
-            pending: HashMap::new(),
+            pending: HashMap::default(),
             pending_count: 0,
             next_seq: 0,
-            finished_early: HashMap::new(),
+            finished_early: HashMap::default(),
             finished_early_order: VecDeque::new(),
-            early: HashMap::new(),
+            early: HashMap::default(),
             early_order: VecDeque::new(),
             early_count: 0,
-            exited: HashMap::new(),
-            server_of_stream: HashMap::new(),
-            announced: HashMap::new(),
-            settled: HashSet::new(),
-            unsettled: HashMap::new(),
+            exited: HashMap::default(),
+            server_of_stream: HashMap::default(),
+            announced: HashMap::default(),
+            settled: HashSet::default(),
+            unsettled: HashMap::default(),
             sessions: Sessions::new(config.max_sessions),
-            writers: HashMap::new(),
-            uids: HashMap::new(),
+            writers: HashMap::default(),
+            uids: HashMap::default(),
             users: LabelCap::new("user", config.max_users),
             config,
         }
@@ -983,85 +1012,146 @@ impl Correlator {
                 side,
                 pending: p,
                 ending,
-            } => {
-                let overflow = &self.metrics.agent.label_overflow;
-                let (outcome, mut error_type) = match &ending {
-                    Ending::Response { outcome, .. } => {
-                        let (name, error) = outcome.labels();
-                        (Some(name), error.map(|e| self.errors.value(&e, overflow)))
-                    }
-                    Ending::Cancelled | Ending::Timeout => (None, None),
-                };
-                let mut request = RequestLabels {
-                    mcp_server_name: server.to_owned(),
-                    mcp_method_name: p.method,
-                    gen_ai_tool_name: p.tool,
-                    gen_ai_prompt_name: p.prompt,
-                    network_transport: p.transport,
-                };
-                let series = (&request, outcome, &error_type);
-                if !self.exchange_series[side as usize].admit(&series) {
-                    // Past the series cap: the traffic-derived labels fold into `_other`.
-                    self.series_overflow();
-                    request.mcp_method_name = OTHER.to_owned();
-                    request.gen_ai_tool_name = None;
-                    request.gen_ai_prompt_name = None;
-                    if error_type.is_some() {
-                        error_type = Some(OTHER.to_owned());
-                    }
+            } => self.record_exchange(server, side, p, ending),
+        }
+    }
+
+    /// Counts one completed request of `side`: through the handles of its series when
+    /// the series is known (one lookup), else through the families (admitting the series
+    /// under the cap, or folding it into `_other`).
+    fn record_exchange(&mut self, server: &str, side: Side, p: Pending, ending: Ending) {
+        let overflow = &self.metrics.agent.label_overflow;
+        let (outcome, error_type) = match &ending {
+            Ending::Response { outcome, .. } => {
+                let (name, error) = outcome.labels();
+                (name, error.map(|e| self.errors.value(&e, overflow)))
+            }
+            Ending::Cancelled => ("cancelled", None),
+            Ending::Timeout => ("timeout", None),
+        };
+        if let Some(user) = p.user.clone() {
+            let mut labels = UserLabels {
+                mcp_server_name: server.to_owned(),
+                user,
+            };
+            if !self.user_series.admit(&labels) {
+                self.series_overflow();
+                labels.user = OTHER.to_owned();
+            }
+            self.metrics.user_requests.get_or_create(&labels).inc();
+        }
+        let key = {
+            use std::hash::BuildHasher as _;
+            let series = (
+                side as u8,
+                server,
+                &p.method,
+                &p.tool,
+                &p.prompt,
+                p.transport,
+                outcome,
+                &error_type,
+            );
+            self.series_hasher.hash_one(series)
+        };
+        let handles = match self.series.get(&key) {
+            Some(h) => h.clone(),
+            None => {
+                let (handles, admitted) =
+                    self.series_handles(server, side, &p, outcome, error_type);
+                if admitted {
+                    self.series.insert(key, handles.clone());
                 }
-                if let Some(user) = p.user {
-                    let mut labels = UserLabels {
-                        mcp_server_name: server.to_owned(),
-                        user,
-                    };
-                    if !self.user_series.admit(&labels) {
-                        self.series_overflow();
-                        labels.user = OTHER.to_owned();
-                    }
-                    self.metrics.user_requests.get_or_create(&labels).inc();
-                }
-                let m = self.side(side);
-                m.requests.get_or_create(&request).inc();
-                m.request_size
-                    .get_or_create(&request)
-                    .observe(p.size as f64);
-                match ending {
-                    Ending::Cancelled => {
-                        m.cancellations.get_or_create(&request).inc();
-                    }
-                    Ending::Timeout => {
-                        m.timeouts.get_or_create(&request).inc();
-                    }
-                    Ending::Response {
-                        size, duration_s, ..
-                    } => {
-                        let response = ResponseLabels {
-                            mcp_server_name: request.mcp_server_name.clone(),
-                            mcp_method_name: request.mcp_method_name.clone(),
-                            gen_ai_tool_name: request.gen_ai_tool_name.clone(),
-                            gen_ai_prompt_name: request.gen_ai_prompt_name.clone(),
-                            outcome: outcome.unwrap_or("ok"),
-                            error_type: error_type.clone(),
-                            network_transport: request.network_transport,
-                        };
-                        m.responses.get_or_create(&response).inc();
-                        m.response_size
-                            .get_or_create(&response)
-                            .observe(size as f64);
-                        let op = OperationLabels {
-                            mcp_server_name: request.mcp_server_name,
-                            mcp_method_name: request.mcp_method_name,
-                            gen_ai_tool_name: request.gen_ai_tool_name,
-                            gen_ai_prompt_name: request.gen_ai_prompt_name,
-                            error_type,
-                            network_transport: request.network_transport,
-                        };
-                        m.operation_duration.get_or_create(&op).observe(duration_s);
-                    }
-                }
+                handles
+            }
+        };
+        handles.requests.inc();
+        handles.request_size.observe(p.size as f64);
+        match (ending, handles.ending) {
+            (Ending::Cancelled | Ending::Timeout, EndingHandles::Counter(c)) => {
+                c.inc();
+            }
+            (
+                Ending::Response {
+                    size, duration_s, ..
+                },
+                EndingHandles::Response {
+                    responses,
+                    response_size,
+                    duration,
+                },
+            ) => {
+                responses.inc();
+                response_size.observe(size as f64);
+                duration.observe(duration_s);
+            }
+            _ => {} // the key includes the kind of ending: cannot happen
+        }
+    }
+
+    /// The metric handles of an exchange series, and whether it was admitted under the
+    /// series cap (else its traffic-derived labels were folded into `_other`).
+    fn series_handles(
+        &mut self,
+        server: &str,
+        side: Side,
+        p: &Pending,
+        outcome: &'static str,
+        mut error_type: Option<String>,
+    ) -> (SeriesHandles, bool) {
+        let mut request = RequestLabels {
+            mcp_server_name: server.to_owned(),
+            mcp_method_name: p.method.clone(),
+            gen_ai_tool_name: p.tool.clone(),
+            gen_ai_prompt_name: p.prompt.clone(),
+            network_transport: p.transport,
+        };
+        let admitted = self.exchange_series[side as usize].admit(&(&request, outcome, &error_type));
+        if !admitted {
+            // Past the series cap: the traffic-derived labels fold into `_other`.
+            self.series_overflow();
+            request.mcp_method_name = OTHER.to_owned();
+            request.gen_ai_tool_name = None;
+            request.gen_ai_prompt_name = None;
+            if error_type.is_some() {
+                error_type = Some(OTHER.to_owned());
             }
         }
+        let m = self.side(side);
+        let ending = match outcome {
+            "cancelled" => EndingHandles::Counter(m.cancellations.get_or_create(&request).clone()),
+            "timeout" => EndingHandles::Counter(m.timeouts.get_or_create(&request).clone()),
+            _ => {
+                let response = ResponseLabels {
+                    mcp_server_name: request.mcp_server_name.clone(),
+                    mcp_method_name: request.mcp_method_name.clone(),
+                    gen_ai_tool_name: request.gen_ai_tool_name.clone(),
+                    gen_ai_prompt_name: request.gen_ai_prompt_name.clone(),
+                    outcome,
+                    error_type: error_type.clone(),
+                    network_transport: request.network_transport,
+                };
+                let op = OperationLabels {
+                    mcp_server_name: request.mcp_server_name.clone(),
+                    mcp_method_name: request.mcp_method_name.clone(),
+                    gen_ai_tool_name: request.gen_ai_tool_name.clone(),
+                    gen_ai_prompt_name: request.gen_ai_prompt_name.clone(),
+                    error_type,
+                    network_transport: request.network_transport,
+                };
+                EndingHandles::Response {
+                    responses: m.responses.get_or_create(&response).clone(),
+                    response_size: m.response_size.get_or_create(&response).clone(),
+                    duration: m.operation_duration.get_or_create(&op).clone(),
+                }
+            }
+        };
+        let handles = SeriesHandles {
+            requests: m.requests.get_or_create(&request).clone(),
+            request_size: m.request_size.get_or_create(&request).clone(),
+            ending,
+        };
+        (handles, admitted)
     }
 
     /// Times out old requests and settles servers that never announced a name.
@@ -1322,7 +1412,7 @@ impl Correlator {
     fn sweep_sessions(&mut self, now_ns: u64) {
         let processes = &self.processes;
         // One /proc look per process, not per session.
-        let mut alive: HashMap<u32, bool> = HashMap::new();
+        let mut alive: HashMap<u32, bool> = HashMap::default();
         let mut is_alive = |tgid: u32| {
             *alive
                 .entry(tgid)
@@ -1345,8 +1435,8 @@ impl Correlator {
 
     /// Sets the active-session and active-client gauges from the live sessions.
     fn refresh_session_gauges(&mut self) {
-        let mut active: HashMap<(Role, String, &'static str), i64> = HashMap::new();
-        let mut clients: HashMap<(String, String), i64> = HashMap::new();
+        let mut active: HashMap<(Role, String, &'static str), i64> = HashMap::default();
+        let mut clients: HashMap<(String, String), i64> = HashMap::default();
         let live: Vec<(SessionKey, &'static str, Option<String>)> = self
             .sessions
             .iter()

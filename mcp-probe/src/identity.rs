@@ -2,7 +2,7 @@
 //! derived from its executable and arguments for processes whose handshake the agent never
 //! saw (servers started before the agent, or the 2026-07-28 stateless protocol).
 
-use std::collections::HashMap;
+use crate::HashMap;
 
 /// Per-process identity cache, keyed by tgid and checked against the process start time
 /// so a reused pid never inherits an old name.

@@ -30,3 +30,9 @@ pub mod reader;
 pub mod server;
 pub mod sessions;
 pub mod sockets;
+
+/// The maps of the per-record path. foldhash is several times faster than std's SipHash
+/// for the short keys used here (ids, pids, inode addresses) and is seeded at random per
+/// run, so traffic cannot aim collisions at the tables without knowing the seed.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type HashSet<T> = std::collections::HashSet<T, foldhash::fast::RandomState>;

@@ -193,6 +193,7 @@ fn main() -> anyhow::Result<()> {
         let agent_metrics = metrics.agent.clone();
         let config = reader::ReaderConfig {
             drain_interval: Duration::from_millis(args.drain_interval_ms),
+            wakeup_bytes: args.wakeup_bytes,
             sweep_interval: Duration::from_secs(1),
         };
         std::thread::Builder::new()

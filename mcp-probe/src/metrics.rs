@@ -5,7 +5,9 @@
 //! metrics are measured in the process that *sent* a request or notification, `server`
 //! metrics in the process that *received* it. The agent's own health is under `mcp_probe_`.
 
-use std::{collections::HashSet, sync::atomic::AtomicU64};
+use std::sync::atomic::AtomicU64;
+
+use crate::HashSet;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -672,20 +674,22 @@ impl AgentMetrics {
 pub struct SeriesCap {
     cap: usize,
     seen: HashSet<u64>,
+    hasher: foldhash::fast::RandomState,
 }
 
 impl SeriesCap {
     pub fn new(cap: usize) -> Self {
         Self {
             cap,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
+            hasher: foldhash::fast::RandomState::default(),
         }
     }
 
     /// True if the series `key` may be created (or already exists).
     pub fn admit(&mut self, key: &impl std::hash::Hash) -> bool {
-        use std::hash::{BuildHasher as _, BuildHasherDefault, DefaultHasher};
-        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+        use std::hash::BuildHasher as _;
+        let hash = self.hasher.hash_one(key);
         if self.seen.contains(&hash) {
             return true;
         }
@@ -715,11 +719,15 @@ impl LabelCap {
         Self {
             name,
             cap,
-            seen: HashSet::new(),
+            seen: HashSet::default(),
         }
     }
 
     pub fn value(&mut self, raw: &str, overflow: &Family<LabelNameLabels, Counter>) -> String {
+        // The common case, a value seen before that needs no cleaning, allocates once.
+        if self.seen.contains(raw) && is_clean(raw) {
+            return raw.to_owned();
+        }
         let clean = clean_label(raw);
         if self.seen.contains(&clean) {
             return clean;
@@ -733,6 +741,11 @@ impl LabelCap {
         self.seen.insert(clean.clone());
         clean
     }
+}
+
+/// `raw` is its own cleaned form.
+fn is_clean(raw: &str) -> bool {
+    raw.len() <= MAX_LABEL_BYTES && !raw.chars().any(|c| c == '\\' || c == '"' || c.is_control())
 }
 
 fn clean_label(raw: &str) -> String {

@@ -5,7 +5,9 @@
 //! wrote, or the bytes the other side read. Each view has its own framer, and checks the
 //! kernel's stream offsets so that a loss is noticed and the framer resynchronises.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
+
+use crate::{HashMap, HashSet};
 
 use mcp_probe_common::{errno, Direction, EventKind, StreamKind};
 
@@ -169,13 +171,13 @@ impl<C: StreamControl> Pipeline<C> {
     ) -> Self {
         Self {
             config,
-            views: HashMap::new(),
-            http_in_flight: HashMap::new(),
-            sockets: HashMap::new(),
+            views: HashMap::default(),
+            http_in_flight: HashMap::default(),
+            sockets: HashMap::default(),
             servers: sockets::Servers::default(),
             correlator,
             health,
-            watched: HashSet::new(),
+            watched: HashSet::default(),
             buffered_total: 0,
             sweeps: 0,
             metrics,
@@ -987,7 +989,7 @@ mod tests {
         fn new() -> Self {
             Self {
                 now_ns: 1_000_000_000,
-                offsets: HashMap::new(),
+                offsets: HashMap::default(),
             }
         }
 

@@ -23,6 +23,8 @@ use crate::{
 pub struct ReaderConfig {
     pub drain_interval: Duration,
     pub sweep_interval: Duration,
+    /// The kernel's wake-up threshold (`--wakeup-bytes`): the timer adapts to it.
+    pub wakeup_bytes: u64,
 }
 
 /// Runs until `stop` is set.
@@ -51,9 +53,11 @@ pub fn run<C: StreamControl>(
         .drain_interval
         .as_millis()
         .clamp(1, IDLE_DRAIN_MS as u128) as i32;
-    // Idle, the timer backs off (doubling up to IDLE_DRAIN_MS): the kernel still wakes the
-    // agent at --wakeup-bytes, so a burst is drained at once, and the first record drained
-    // brings the timer back to --drain-interval-ms.
+    // The timer adapts to the traffic: a drain that found little (less than an eighth of
+    // the wake-up threshold) doubles it, up to IDLE_DRAIN_MS; one that found much (half the
+    // threshold) halves it, down to --drain-interval-ms. Every wake-up costs about the same
+    // whatever it drains, and the kernel still wakes the agent at --wakeup-bytes, so a
+    // burst is drained at once however long the timer.
     let mut timeout_ms = busy_ms;
     let fd = events.as_raw_fd();
     loop {
@@ -66,15 +70,17 @@ pub fn run<C: StreamControl>(
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, wait) };
         // Let a burst build up into one batch before draining.
-        let mut drained = false;
+        let mut drained = 0u64;
         while let Some(item) = events.next() {
+            drained += item.len() as u64;
             pipeline.on_record_bytes(&item);
-            drained = true;
         }
-        timeout_ms = if drained {
-            busy_ms
-        } else {
+        timeout_ms = if drained < config.wakeup_bytes / 8 {
             (timeout_ms * 2).min(IDLE_DRAIN_MS)
+        } else if drained > config.wakeup_bytes / 2 {
+            (timeout_ms / 2).max(busy_ms)
+        } else {
+            timeout_ms
         };
         if let Some(log) = kernel_log.as_mut() {
             log.flush();
@@ -91,8 +97,8 @@ pub fn run<C: StreamControl>(
     }
 }
 
-/// The longest the drain timer backs off to when nothing arrives (ms).
-const IDLE_DRAIN_MS: i32 = 200;
+/// The longest the drain timer backs off to when little arrives (ms).
+const IDLE_DRAIN_MS: i32 = 100;
 
 /// Milliseconds until the next sweep is due (at least 1).
 fn sweep_due_ms(last: Instant, every: Duration) -> i32 {

@@ -4,7 +4,7 @@
 //! and ends with an HTTP DELETE, the close of its connection, the exit of either process,
 //! or 30 minutes without a message (then it is taken to have ended at its last message).
 
-use std::collections::HashMap;
+use crate::HashMap;
 
 use crate::correlate::{ServerRef, StreamKey};
 
@@ -52,7 +52,7 @@ pub struct Sessions {
 impl Sessions {
     pub fn new(max: usize) -> Self {
         Self {
-            live: HashMap::new(),
+            live: HashMap::default(),
             max: max.max(1),
         }
     }

@@ -2,11 +2,16 @@
 //!
 //! Parses borrowed: method names and ids point into the input where they have no escapes,
 //! and `params`/`result` are only looked into for the handful of fields that become labels
-//! or identity. Nothing else of the payload is kept.
+//! or identity. Nothing else of the payload is kept. The message is read in one pass:
+//! the members of `params` and `result` the agent wants are kept as raw text while the
+//! envelope is read, and everything else (arguments, contents) is skipped once.
 
-use std::borrow::Cow;
+use std::{borrow::Cow, marker::PhantomData};
 
-use serde::Deserialize;
+use serde::{
+    de::{IgnoredAny, MapAccess, SeqAccess, Visitor},
+    Deserialize, Deserializer,
+};
 use serde_json::value::RawValue;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -101,9 +106,10 @@ struct Envelope<'a> {
     #[serde(borrow, default)]
     method: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    params: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    result: Option<&'a RawValue>,
+    params: Option<Members<'a, ParamKeys>>,
+    /// `Some` also for `"result": null`, a legal result.
+    #[serde(borrow, default, deserialize_with = "present_members")]
+    result: Option<Members<'a, ResultKeys>>,
     #[serde(borrow, default)]
     error: Option<&'a RawValue>,
 }
@@ -112,25 +118,119 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
     <&RawValue>::deserialize(d).map(Some)
 }
 
+fn present_members<'de, D: Deserializer<'de>, K: Keys>(
+    d: D,
+) -> Result<Option<Members<'de, K>>, D::Error> {
+    Members::deserialize(d).map(Some)
+}
+
+/// The member names of an object the agent looks at.
+trait Keys {
+    const KEYS: &'static [&'static str];
+}
+
+struct ParamKeys;
+impl Keys for ParamKeys {
+    const KEYS: &'static [&'static str] = &[
+        "name",
+        "requestId",
+        "clientInfo",
+        "protocolVersion",
+        "_meta",
+    ];
+}
+
+struct ResultKeys;
+impl Keys for ResultKeys {
+    const KEYS: &'static [&'static str] = &["isError", "serverInfo", "protocolVersion", "_meta"];
+}
+
+/// The raw text of the members of an object named in `K::KEYS` (in that order), read in
+/// the envelope's pass; every other member is skipped. Any other JSON value (an array of
+/// positional params, a scalar result) has none of them, and fails nothing.
+struct Members<'a, K> {
+    raw: [Option<&'a RawValue>; 5],
+    keys: PhantomData<K>,
+}
+
+impl<'a, K: Keys> Members<'a, K> {
+    fn get(&self, key: &str) -> Option<&'a RawValue> {
+        let i = K::KEYS.iter().position(|k| *k == key)?;
+        self.raw[i]
+    }
+
+    /// The member decoded as `T`, if it is there and is one.
+    fn decode<T: Deserialize<'a>>(&self, key: &str) -> Option<T> {
+        serde_json::from_str(self.get(key)?.get()).ok()
+    }
+}
+
+impl<'de: 'a, 'a, K: Keys> Deserialize<'de> for Members<'a, K> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct MembersVisitor<'a, K>(PhantomData<(&'a (), K)>);
+        impl<'de: 'a, 'a, K: Keys> Visitor<'de> for MembersVisitor<'a, K> {
+            type Value = Members<'a, K>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut raw = [None; 5];
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match K::KEYS.iter().position(|k| *k == key) {
+                        Some(i) => raw[i] = Some(map.next_value::<&'de RawValue>()?),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(Members {
+                    raw,
+                    keys: PhantomData,
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Members::none())
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Members::none())
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Members::none())
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Members::none())
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Members::none())
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Members::none())
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Members::none())
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Members::none())
+            }
+        }
+        d.deserialize_any(MembersVisitor(PhantomData))
+    }
+}
+
+impl<K> Members<'_, K> {
+    fn none() -> Self {
+        Members {
+            raw: [None; 5],
+            keys: PhantomData,
+        }
+    }
+}
+
 #[derive(Deserialize, Default)]
 struct Named<'a> {
     #[serde(borrow, default)]
     name: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Params<'a> {
-    #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    request_id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    client_info: Option<Named<'a>>,
-    #[serde(borrow, default)]
-    protocol_version: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "_meta")]
-    meta: Option<Meta<'a>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -141,19 +241,6 @@ struct Meta<'a> {
     server_info: Option<Named<'a>>,
     #[serde(borrow, default, rename = "io.modelcontextprotocol/protocolVersion")]
     protocol_version: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct ResultFields<'a> {
-    #[serde(default)]
-    is_error: Option<bool>,
-    #[serde(borrow, default)]
-    server_info: Option<Named<'a>>,
-    #[serde(borrow, default)]
-    protocol_version: Option<Cow<'a, str>>,
-    #[serde(borrow, default, rename = "_meta")]
-    meta: Option<Meta<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -238,39 +325,37 @@ fn parse_id(raw: &RawValue) -> Result<Option<Id>, ParseError> {
     }
 }
 
-fn request_info<'a>(method: &str, params: Option<&'a RawValue>) -> RequestInfo<'a> {
-    let Some(params) = params else {
+/// What the agent labels with, from `params`. Invalid params are the server's business (it
+/// answers -32602): a member of an unexpected type is just not used.
+fn request_info<'a>(method: &str, params: Option<Members<'a, ParamKeys>>) -> RequestInfo<'a> {
+    let Some(p) = params else {
         return RequestInfo::default();
     };
-    // Invalid params are the server's business (it answers -32602); we label what we can.
-    let Ok(p) = serde_json::from_str::<Params<'a>>(params.get()) else {
-        return RequestInfo::default();
-    };
-    let meta = p.meta.unwrap_or_default();
+    let meta: Meta<'a> = p.decode("_meta").unwrap_or_default();
     let named = matches!(method, "tools/call" | "prompts/get");
     RequestInfo {
-        name: if named { p.name } else { None },
-        cancelled_id: p.request_id.and_then(|raw| parse_id(raw).ok().flatten()),
+        name: if named { p.decode("name") } else { None },
+        cancelled_id: p
+            .get("requestId")
+            .and_then(|raw| parse_id(raw).ok().flatten()),
         client_name: p
-            .client_info
+            .decode::<Named<'a>>("clientInfo")
             .and_then(|c| c.name)
             .or(meta.client_info.and_then(|c| c.name)),
-        protocol_version: p.protocol_version.or(meta.protocol_version),
+        protocol_version: p.decode("protocolVersion").or(meta.protocol_version),
     }
 }
 
-fn result_info(result: &RawValue) -> ResultInfo<'_> {
-    let Ok(r) = serde_json::from_str::<ResultFields<'_>>(result.get()) else {
-        return ResultInfo::default(); // a result that is not an object (legal JSON-RPC)
-    };
-    let meta = r.meta.unwrap_or_default();
+/// What the agent reads out of `result` (which may be any JSON value).
+fn result_info<'a>(r: Members<'a, ResultKeys>) -> ResultInfo<'a> {
+    let meta: Meta<'a> = r.decode("_meta").unwrap_or_default();
     ResultInfo {
-        is_error: r.is_error == Some(true),
+        is_error: r.decode::<bool>("isError") == Some(true),
         server_name: r
-            .server_info
+            .decode::<Named<'a>>("serverInfo")
             .and_then(|s| s.name)
             .or(meta.server_info.and_then(|s| s.name)),
-        protocol_version: r.protocol_version.or(meta.protocol_version),
+        protocol_version: r.decode("protocolVersion").or(meta.protocol_version),
     }
 }
 
@@ -309,6 +394,41 @@ mod tests {
             );
         }
         assert_ne!(Id::Num(1), Id::Str("1".into()));
+    }
+
+    #[test]
+    fn null_results_positional_params_and_odd_member_types() {
+        // `"result": null` is a legal response.
+        assert_eq!(
+            single(r#"{"jsonrpc":"2.0","id":3,"result":null}"#),
+            Message::Response {
+                id: Id::Num(3),
+                info: ResultInfo::default()
+            }
+        );
+        // Positional params, and a scalar result: valid, nothing to label.
+        let m =
+            single(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":[1,{"name":"x"}]}"#);
+        assert!(matches!(m, Message::Request { info, .. } if info == RequestInfo::default()));
+        // A member of an unexpected type costs only that member.
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":2,"method":"initialize","params":{"name":7,"protocolVersion":"2025-11-25","clientInfo":"x","arguments":{"deep":[[[{"a":"b"}]]]}}}"#,
+        );
+        let Message::Request { info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!(info.protocol_version.as_deref(), Some("2025-11-25"));
+        assert_eq!(info.client_name, None);
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":4,"result":{"isError":"yes","content":[{"text":"\u00e9"}],"serverInfo":{"name":"s"}}}"#,
+        );
+        let Message::Response { info, .. } = m else {
+            panic!("response")
+        };
+        assert_eq!(
+            (info.is_error, info.server_name.as_deref()),
+            (false, Some("s"))
+        );
     }
 
     #[test]

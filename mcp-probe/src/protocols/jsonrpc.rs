@@ -72,6 +72,11 @@ pub struct RequestInfo<'a> {
     pub client_name: Option<Cow<'a, str>>,
     /// Protocol version from `initialize` params or `_meta`.
     pub protocol_version: Option<Cow<'a, str>>,
+    /// `params.uri` of `resources/read`, `resources/subscribe` and `resources/unsubscribe`.
+    pub uri: Option<Cow<'a, str>>,
+    /// W3C trace context the caller put in `params._meta` (`traceparent`, `tracestate`).
+    pub traceparent: Option<Cow<'a, str>>,
+    pub tracestate: Option<Cow<'a, str>>,
 }
 
 /// What the agent reads out of `result`.
@@ -129,6 +134,9 @@ struct Params<'a> {
     client_info: Option<Named<'a>>,
     #[serde(borrow, default)]
     protocol_version: Option<Cow<'a, str>>,
+    /// Raw, so that a `uri` that is not a string does not lose the other fields.
+    #[serde(borrow, default)]
+    uri: Option<&'a RawValue>,
     #[serde(borrow, default, rename = "_meta")]
     meta: Option<Meta<'a>>,
 }
@@ -141,6 +149,10 @@ struct Meta<'a> {
     server_info: Option<Named<'a>>,
     #[serde(borrow, default, rename = "io.modelcontextprotocol/protocolVersion")]
     protocol_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    traceparent: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tracestate: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, Default)]
@@ -247,6 +259,10 @@ fn request_info<'a>(method: &str, params: Option<&'a RawValue>) -> RequestInfo<'
     };
     let meta = p.meta.unwrap_or_default();
     let named = matches!(method, "tools/call" | "prompts/get");
+    let resource = matches!(
+        method,
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe"
+    );
     RequestInfo {
         name: if named { p.name } else { None },
         cancelled_id: p.request_id.and_then(|raw| parse_id(raw).ok().flatten()),
@@ -255,7 +271,24 @@ fn request_info<'a>(method: &str, params: Option<&'a RawValue>) -> RequestInfo<'
             .and_then(|c| c.name)
             .or(meta.client_info.and_then(|c| c.name)),
         protocol_version: p.protocol_version.or(meta.protocol_version),
+        uri: if resource {
+            p.uri.and_then(string)
+        } else {
+            None
+        },
+        traceparent: meta.traceparent.and_then(string),
+        tracestate: meta.tracestate.and_then(string),
     }
+}
+
+/// A JSON string value, borrowed when it has no escapes; `None` for anything else.
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    if let Ok(s) = serde_json::from_str::<&str>(raw.get()) {
+        return Some(Cow::Borrowed(s));
+    }
+    serde_json::from_str::<String>(raw.get())
+        .ok()
+        .map(Cow::Owned)
 }
 
 fn result_info(result: &RawValue) -> ResultInfo<'_> {
@@ -347,6 +380,76 @@ mod tests {
             panic!("request")
         };
         assert_eq!(info.name, None);
+    }
+
+    #[test]
+    fn resource_uri_of_resource_methods_only() {
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"file:///srv/a%20b.txt"}}"#,
+        );
+        let Message::Request { info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!(info.uri.as_deref(), Some("file:///srv/a%20b.txt"));
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":3,"method":"resources/subscribe","params":{"uri":"mem:\/\u0078"}}"#,
+        );
+        let Message::Request { info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!(info.uri.as_deref(), Some("mem:/x"));
+        // Another method's `uri`, and a `uri` that is not a string, are not resource URIs;
+        // the rest of params is still read.
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"fetch","uri":"http://x"}}"#,
+        );
+        let Message::Request { info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!((info.uri, info.name.as_deref()), (None, Some("fetch")));
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":{"a":1},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+        );
+        let Message::Request { info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!(
+            (info.uri, info.protocol_version.as_deref()),
+            (None, Some("2026-07-28"))
+        );
+    }
+
+    #[test]
+    fn trace_context_in_meta() {
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{},"_meta":{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","tracestate":"vendor=x"}}}"#,
+        );
+        let Message::Request { info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!(
+            (
+                info.name.as_deref(),
+                info.traceparent.as_deref(),
+                info.tracestate.as_deref()
+            ),
+            (
+                Some("echo"),
+                Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                Some("vendor=x")
+            )
+        );
+        // Notifications carry it too; a non-string traceparent is ignored, not an error.
+        let m = single(
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"_meta":{"traceparent":7}}}"#,
+        );
+        assert_eq!(
+            m,
+            Message::Notification {
+                method: "notifications/progress".into(),
+                info: RequestInfo::default()
+            }
+        );
     }
 
     #[test]

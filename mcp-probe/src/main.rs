@@ -180,6 +180,7 @@ fn main() -> anyhow::Result<()> {
         max_buffered_bytes: args.max_buffered_bytes,
     };
     export_limits(&metrics.agent, &args);
+    metrics.agent.init_loss_series();
     let correlator = Correlator::new(correlator_config, metrics.clone()).with_sinks(sinks);
     let pipeline = Pipeline::new(
         pipeline_config,

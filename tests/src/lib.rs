@@ -14,6 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod prometheus;
+pub mod promql;
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -481,6 +484,17 @@ impl Metrics {
         v.sort();
         v.dedup();
         v
+    }
+
+    /// Every series name, with the label names its series carry.
+    pub fn names(&self) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+        let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for (name, labels, _) in &self.series {
+            out.entry(name.clone())
+                .or_default()
+                .extend(labels.keys().cloned());
+        }
+        out
     }
 
     pub fn dump(&self, prefix: &str) -> String {

@@ -26,6 +26,7 @@ use crate::{
     },
     protocols::jsonrpc::{Id, Message},
     sessions::{Role, Session, SessionId, SessionKey, Sessions, IDLE_NS},
+    sinks::{self, CompletedRequest, NotificationEvent, RequestContext, Sinks},
 };
 
 /// A stream: the kernel address of its inode plus the inode number, so a freed inode whose
@@ -130,6 +131,8 @@ struct Pending {
     /// kept only where per-user requests are counted: in the server's own view, or in the
     /// client's when the server is not on this host.
     user: Option<String>,
+    /// What only the sinks need (request log, spans); `None` when no sink is on.
+    context: Option<Box<RequestContext>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -179,6 +182,7 @@ struct EarlyResponse {
     ts_ns: u64,
     size: u64,
     outcome: Outcome,
+    payload: Option<Box<str>>,
 }
 
 /// How long (kernel time) what was learned about an exited process is kept for its peers.
@@ -236,8 +240,13 @@ enum Ending {
         outcome: Outcome,
         size: u64,
         duration_s: f64,
+        /// The captured response (payload capture only).
+        payload: Option<Box<str>>,
     },
-    Cancelled,
+    /// Cancelled at `at_ns` (a cancellation, a closed connection, the process's exit).
+    Cancelled {
+        at_ns: u64,
+    },
     Timeout,
 }
 
@@ -253,6 +262,9 @@ enum Finished {
         side: Side,
         method: String,
         transport: &'static str,
+        tgid: u32,
+        ts_ns: u64,
+        size: u64,
     },
     ConnectionError {
         side: Side,
@@ -346,6 +358,11 @@ pub struct Correlator {
     /// Handles of the admitted exchange series, by a hash of their labels.
     series: HashMap<u64, SeriesHandles>,
     series_hasher: foldhash::fast::RandomState,
+    /// Where completed requests go besides the metrics (request log, OTLP spans).
+    sinks: Option<Sinks>,
+    /// Client process -> the `clientInfo.name` it sent (only with sinks), for the client
+    /// side of a session whose handshake came before its server was known.
+    client_names: HashMap<u32, String>,
 }
 
 const FINISHED_EARLY_CAP: usize = 10_000;
@@ -391,12 +408,34 @@ impl Correlator {
             writers: HashMap::default(),
             uids: HashMap::default(),
             users: LabelCap::new("user", config.max_users),
+            sinks: None,
+            client_names: HashMap::default(),
             config,
         }
     }
 
+    /// Completed requests (and notifications) also go to `sinks`.
+    pub fn with_sinks(mut self, sinks: Option<Sinks>) -> Self {
+        self.sinks = sinks;
+        self
+    }
+
     /// Handles one parsed message.
     pub fn on_message(&mut self, obs: &Observation<'_>, msg: Message<'_>) {
+        self.on_message_bytes(obs, msg, None);
+    }
+
+    /// Handles one parsed message whose JSON text is `bytes` (for payload capture).
+    pub fn on_message_bytes(
+        &mut self,
+        obs: &Observation<'_>,
+        msg: Message<'_>,
+        bytes: Option<&[u8]>,
+    ) {
+        let payload = match (&self.sinks, bytes) {
+            (Some(sinks), Some(bytes)) => sinks.capture(bytes),
+            _ => None,
+        };
         self.processes.observe(obs.tgid, obs.comm);
         if obs.direction == Direction::Write
             && obs.transport == "pipe"
@@ -411,13 +450,20 @@ impl Correlator {
                 // or sends a server request.
                 let server_is_observer = server_to_client == (obs.direction == Direction::Write);
                 // An HTTP session starts with the answer to `initialize`, which names it.
+                let mut session_client = None;
                 if !(method == "initialize" && obs.session.is_none() && obs.transport != "pipe") {
                     let session = self.touch_session(obs, server_is_observer);
-                    if let (Some(key), Some(client)) = (session, info.client_name.as_deref()) {
+                    if let (Some(key), Some(client)) = (&session, info.client_name.as_deref()) {
                         let client = self
                             .clients
                             .value(client, &self.metrics.agent.label_overflow);
-                        self.sessions.name_client(&key, client);
+                        self.sessions.name_client(key, client);
+                    }
+                    if self.sinks.is_some() {
+                        session_client = session
+                            .as_ref()
+                            .and_then(|k| self.sessions.client_name(k))
+                            .map(str::to_owned);
                     }
                 }
                 if server_is_observer {
@@ -448,6 +494,42 @@ impl Correlator {
                 } else {
                     None
                 };
+                let context = if self.sinks.is_some() {
+                    let client_pid = if server_is_observer {
+                        self.writers.get(&obs.stream).copied()
+                    } else {
+                        Some(obs.tgid)
+                    };
+                    let client_name = info.client_name.as_deref().map(|c| sinks::bounded(c, 128));
+                    if let (false, Some(name)) = (server_is_observer, &client_name) {
+                        if self.client_names.len() < MAX_WRITERS {
+                            self.client_names.insert(obs.tgid, name.clone());
+                        }
+                    }
+                    let own = (!server_is_observer)
+                        .then(|| self.client_names.get(&obs.tgid).cloned())
+                        .flatten();
+                    Some(Box::new(RequestContext {
+                        pid: obs.tgid,
+                        client_pid,
+                        request_id: sinks::id_text(&id),
+                        client_name: client_name.or(session_client).or(own),
+                        user: self.user_raw(obs, server_is_observer),
+                        protocol_version: info
+                            .protocol_version
+                            .as_deref()
+                            .map(|v| sinks::bounded(v, 64)),
+                        resource: info.uri.as_deref().map(sinks::payload::resource_uri),
+                        trace: info
+                            .traceparent
+                            .as_deref()
+                            .and_then(sinks::TraceParent::parse),
+                        tracestate: info.tracestate.as_deref().map(|t| sinks::bounded(t, 512)),
+                        payload,
+                    }))
+                } else {
+                    None
+                };
                 let key = PendingKey {
                     tgid: obs.tgid,
                     direction: obs.direction,
@@ -467,6 +549,7 @@ impl Correlator {
                         server_is_observer,
                         session: obs.session.map(Box::from),
                         user,
+                        context,
                     },
                 );
                 self.answer_early(key, id);
@@ -488,6 +571,9 @@ impl Correlator {
                     side: Side::of(obs.direction),
                     method,
                     transport: obs.transport,
+                    tgid: obs.tgid,
+                    ts_ns: obs.ts_ns,
+                    size: obs.size,
                 };
                 self.finish(server, obs.ts_ns, finished);
             }
@@ -509,9 +595,11 @@ impl Correlator {
                 } else {
                     Outcome::Ok
                 };
-                self.on_response(obs, Some(id), outcome);
+                self.on_response(obs, Some(id), outcome, payload);
             }
-            Message::Error { id, code } => self.on_response(obs, id, Outcome::Error(code)),
+            Message::Error { id, code } => {
+                self.on_response(obs, id, Outcome::Error(code), payload);
+            }
         }
     }
 
@@ -621,7 +709,13 @@ impl Correlator {
         self.take_at(key, id, index)
     }
 
-    fn on_response(&mut self, obs: &Observation<'_>, id: Option<Id>, outcome: Outcome) {
+    fn on_response(
+        &mut self,
+        obs: &Observation<'_>,
+        id: Option<Id>,
+        outcome: Outcome,
+        payload: Option<Box<str>>,
+    ) {
         // The request went the other way for this process.
         let key = PendingKey {
             tgid: obs.tgid,
@@ -636,7 +730,7 @@ impl Correlator {
                 // The answer to a request already counted as cancelled or timed out.
                 self.metrics.agent.late_responses.inc();
             } else {
-                self.hold_early(obs, key, id, outcome);
+                self.hold_early(obs, key, id, outcome, payload);
             }
             return;
         };
@@ -661,6 +755,7 @@ impl Correlator {
             outcome,
             size: obs.size,
             duration_s: obs.ts_ns.saturating_sub(p.ts_ns) as f64 / 1e9,
+            payload,
         };
         let finished = Finished::Exchange {
             side: Side::of(key.direction),
@@ -677,7 +772,14 @@ impl Correlator {
     }
 
     /// Holds a response whose request has not been seen (yet).
-    fn hold_early(&mut self, obs: &Observation<'_>, key: PendingKey, id: Id, outcome: Outcome) {
+    fn hold_early(
+        &mut self,
+        obs: &Observation<'_>,
+        key: PendingKey,
+        id: Id,
+        outcome: Outcome,
+        payload: Option<Box<str>>,
+    ) {
         self.expire_early(obs.ts_ns);
         if self.early_count >= MAX_EARLY {
             self.expire_early(u64::MAX);
@@ -697,6 +799,7 @@ impl Correlator {
                 ts_ns: obs.ts_ns,
                 size: obs.size,
                 outcome,
+                payload,
             });
         self.early_order.push_back((obs.ts_ns, key, id));
         self.early_count += 1;
@@ -733,7 +836,7 @@ impl Correlator {
             ts_ns: e.ts_ns,
             size: e.size,
         };
-        self.on_response(&obs, Some(id), e.outcome);
+        self.on_response(&obs, Some(id), e.outcome, e.payload);
     }
 
     /// Held responses older than [`EARLY_HOLD_NS`] at `now_ns` (all but the newest when
@@ -789,7 +892,7 @@ impl Correlator {
             direction: opposite(obs.direction),
         };
         if self.candidate(key, &id, obs.stream, obs.session).is_some() {
-            self.on_response(obs, Some(id), Outcome::Http(status));
+            self.on_response(obs, Some(id), Outcome::Http(status), None);
         }
     }
 
@@ -824,7 +927,8 @@ impl Correlator {
                     .and_then(|list| list.iter().position(|p| p.stream == obs.stream));
                 if let Some(index) = on_stream {
                     if let Some(p) = self.take_at(key, &id, index) {
-                        self.finish_early(key, id.clone(), p, Ending::Cancelled);
+                        let ending = Ending::Cancelled { at_ns: obs.ts_ns };
+                        self.finish_early(key, id.clone(), p, ending);
                     }
                 }
             }
@@ -858,7 +962,7 @@ impl Correlator {
             direction: obs.direction,
         };
         if let Some(p) = self.take(key, &id, obs) {
-            self.finish_early(key, id, p, Ending::Cancelled);
+            self.finish_early(key, id, p, Ending::Cancelled { at_ns: obs.ts_ns });
         }
     }
 
@@ -912,7 +1016,7 @@ impl Correlator {
             }
         }
         let name = self.server_name(server.as_ref());
-        self.record(&name, finished);
+        self.record(&name, server.as_ref(), finished);
     }
 
     /// The current name of a server, as a capped label value.
@@ -941,7 +1045,7 @@ impl Correlator {
         }
     }
 
-    fn record(&mut self, server: &str, finished: Finished) {
+    fn record(&mut self, server: &str, server_ref: Option<&ServerRef>, finished: Finished) {
         match finished {
             Finished::ConnectionError {
                 side,
@@ -996,7 +1100,21 @@ impl Correlator {
                 side,
                 method,
                 transport,
+                tgid,
+                ts_ns,
+                size,
             } => {
+                if let Some(sinks) = self.sinks.as_ref().filter(|s| s.wants_notifications()) {
+                    sinks.on_notification(&NotificationEvent {
+                        side: side.label(),
+                        server,
+                        transport,
+                        method: &method,
+                        ts_ns,
+                        bytes: size,
+                        pid: tgid,
+                    });
+                }
                 let mut labels = NotificationLabels {
                     mcp_server_name: server.to_owned(),
                     mcp_method_name: method,
@@ -1012,7 +1130,15 @@ impl Correlator {
                 side,
                 pending: p,
                 ending,
-            } => self.record_exchange(server, side, p, ending),
+            } => {
+                if let (Some(sinks), Some(context)) = (&self.sinks, &p.context) {
+                    let timeout_ns = self.config.request_timeout_ns;
+                    sinks.on_request(&completed(
+                        server, server_ref, side, &p, &ending, context, timeout_ns,
+                    ));
+                }
+                self.record_exchange(server, side, p, ending)
+            }
         }
     }
 
@@ -1026,7 +1152,7 @@ impl Correlator {
                 let (name, error) = outcome.labels();
                 (name, error.map(|e| self.errors.value(&e, overflow)))
             }
-            Ending::Cancelled => ("cancelled", None),
+            Ending::Cancelled { .. } => ("cancelled", None),
             Ending::Timeout => ("timeout", None),
         };
         if let Some(user) = p.user.clone() {
@@ -1068,7 +1194,7 @@ impl Correlator {
         handles.requests.inc();
         handles.request_size.observe(p.size as f64);
         match (ending, handles.ending) {
-            (Ending::Cancelled | Ending::Timeout, EndingHandles::Counter(c)) => {
+            (Ending::Cancelled { .. } | Ending::Timeout, EndingHandles::Counter(c)) => {
                 c.inc();
             }
             (
@@ -1210,6 +1336,7 @@ impl Correlator {
             })
             .chain(self.writers.values().copied())
             .chain(self.uids.keys().copied())
+            .chain(self.client_names.keys().copied())
             .collect();
         tgids.sort_unstable();
         tgids.dedup();
@@ -1223,14 +1350,21 @@ impl Correlator {
         self.server_of_stream.retain(|_, s| alive(s));
         self.writers.retain(|_, tgid| !dead.contains(tgid));
         self.uids.retain(|tgid, _| !dead.contains(tgid));
+        self.client_names.retain(|tgid, _| !dead.contains(tgid));
         self.processes.sweep();
     }
 
     /// The user behind a request: its HTTP credential's keyed hash, else the uid of the
     /// local client process (the observer, or the process writing into the server's pipe).
     fn user_of(&mut self, obs: &Observation<'_>, server_is_observer: bool) -> Option<String> {
+        let user = self.user_raw(obs, server_is_observer)?;
+        Some(self.users.value(&user, &self.metrics.agent.label_overflow))
+    }
+
+    /// [`Correlator::user_of`] before the label cap.
+    fn user_raw(&mut self, obs: &Observation<'_>, server_is_observer: bool) -> Option<String> {
         if let Some(user) = obs.user {
-            return Some(self.users.value(user, &self.metrics.agent.label_overflow));
+            return Some(user.to_owned());
         }
         let client = if server_is_observer {
             self.writers.get(&obs.stream).copied()?
@@ -1250,10 +1384,7 @@ impl Correlator {
                 uid
             }
         };
-        Some(
-            self.users
-                .value(&format!("uid:{uid}"), &self.metrics.agent.label_overflow),
-        )
+        Some(format!("uid:{uid}"))
     }
 
     /// Marks the session of a message active; returns its key.
@@ -1310,7 +1441,7 @@ impl Correlator {
             self.pending_count -= channel.len;
             for (id, list) in channel.by_id {
                 for p in list {
-                    self.finish_early(key, id.clone(), p, Ending::Cancelled);
+                    self.finish_early(key, id.clone(), p, Ending::Cancelled { at_ns: ts_ns });
                 }
             }
         }
@@ -1372,6 +1503,7 @@ impl Correlator {
         }
         self.writers.retain(|_, t| *t != tgid);
         self.uids.remove(&tgid);
+        self.client_names.remove(&tgid);
         self.processes.forget(tgid);
     }
 
@@ -1561,6 +1693,69 @@ impl Outcome {
 /// socket, or a loopback address (each network namespace has its own loopback).
 fn endpoint_is_local(endpoint: &str) -> bool {
     endpoint.starts_with("unix:") || endpoint.starts_with("127.") || endpoint.starts_with("[::1]:")
+}
+
+/// The sinks' view of a completed exchange: the metrics' labels plus the request's
+/// context.
+fn completed<'a>(
+    server: &'a str,
+    server_ref: Option<&'a ServerRef>,
+    side: Side,
+    p: &'a Pending,
+    ending: &'a Ending,
+    context: &'a RequestContext,
+    timeout_ns: u64,
+) -> CompletedRequest<'a> {
+    let (outcome, error_type, end_ns, response_bytes, response_payload) = match ending {
+        Ending::Response {
+            outcome,
+            size,
+            duration_s,
+            payload,
+        } => {
+            let (name, error) = outcome.labels();
+            (
+                name,
+                error,
+                p.ts_ns.saturating_add((duration_s * 1e9) as u64),
+                Some(*size),
+                payload.as_deref(),
+            )
+        }
+        Ending::Cancelled { at_ns } => ("cancelled", None, *at_ns, None, None),
+        Ending::Timeout => (
+            "timeout",
+            None,
+            p.ts_ns.saturating_add(timeout_ns),
+            None,
+            None,
+        ),
+    };
+    CompletedRequest {
+        side: side.label(),
+        server,
+        server_pid: match server_ref {
+            Some(ServerRef::Process(tgid)) => Some(*tgid),
+            _ => None,
+        },
+        server_address: match server_ref {
+            Some(ServerRef::Endpoint(address)) => Some(address),
+            _ => None,
+        },
+        transport: p.transport,
+        method: &p.method,
+        tool: p.tool.as_deref(),
+        prompt: p.prompt.as_deref(),
+        session: p.session.as_deref(),
+        start_ns: p.ts_ns,
+        end_ns: end_ns.max(p.ts_ns),
+        outcome,
+        error_type,
+        request_bytes: p.size,
+        response_bytes,
+        response_payload,
+        context,
+    }
 }
 
 fn status_class(status: u16) -> &'static str {

@@ -3,7 +3,8 @@
 //! (`mcp-probe/fuzz`) and benchmarks drive the same code without one.
 //!
 //! Data flows one way: loader -> reader (ring buffer) -> decode -> pipeline (reassembly,
-//! framing, JSON-RPC) -> correlate (pairing) -> metrics -> server (/metrics).
+//! framing, JSON-RPC) -> correlate (pairing) -> metrics -> server (/metrics), and from
+//! correlate to the sinks (request log, OTLP spans).
 //!
 //! The `kernel` feature (on by default) adds the modules that load and read the eBPF
 //! programs; without it the crate builds on any host, with no BPF toolchain.
@@ -29,6 +30,7 @@ pub mod protocols;
 pub mod reader;
 pub mod server;
 pub mod sessions;
+pub mod sinks;
 pub mod sockets;
 
 /// The maps of the per-record path. foldhash is several times faster than std's SipHash

@@ -20,7 +20,7 @@ use mcp_probe::{
     health, loader,
     metrics::{self, BuildInfoLabels, Metrics},
     pipeline::{Pipeline, PipelineConfig},
-    privileges, reader, server,
+    privileges, reader, server, sinks,
 };
 
 /// Measures MCP traffic of every process on this host from the kernel (eBPF) and serves
@@ -93,6 +93,9 @@ struct Args {
     /// Log format.
     #[arg(long, env = "MCP_PROBE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Request log and OTLP trace export.
+    #[command(flatten)]
+    sinks: sinks::SinkArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -106,6 +109,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(effective) = capabilities {
         privileges::register(&mut registry, effective);
     }
+    // Before loading anything: a request log that cannot be opened stops the agent here.
+    let sinks = sinks::Sinks::start(&args.sinks, &mut registry)
+        .context("cannot start the request log or the OTLP export")?;
     let kernel_release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     metrics
         .agent
@@ -178,7 +184,8 @@ fn main() -> anyhow::Result<()> {
         max_buffered_bytes: args.max_buffered_bytes,
     };
     export_limits(&metrics.agent, &args);
-    let correlator = Correlator::new(correlator_config, metrics.clone());
+    metrics.agent.init_loss_series();
+    let correlator = Correlator::new(correlator_config, metrics.clone()).with_sinks(sinks);
     let pipeline = Pipeline::new(
         pipeline_config,
         correlator,

@@ -660,6 +660,24 @@ impl AgentMetrics {
             .inc();
     }
 
+    /// Creates the loss and eviction series at 0, so that they exist before the first
+    /// loss: alerts and `increase()` then see the first one, and dashboards show a 0.
+    pub fn init_loss_series(&self) {
+        for reason in ["ringbuf_full", "read_failed"] {
+            self.lost_records
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
+        for reason in ["ringbuf_full", "read_failed", "truncated"] {
+            self.lost_bytes
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(0);
+        }
+        for what in ["stream", "message_buffer", "pending_request", "session"] {
+            self.evictions.get_or_create(&WhatLabels { what }).inc_by(0);
+        }
+    }
+
     pub fn set_limit(&self, limit: &'static str, value: usize) {
         self.limits
             .get_or_create(&LimitLabels { limit })

@@ -912,15 +912,15 @@ fn handle_text(
     metrics: &AgentMetrics,
 ) -> Result<Vec<Id>, &'static str> {
     let mut ids = Vec::new();
-    let mut deliver = |msg: Message<'_>, size: u64| {
+    let mut deliver = |msg: Message<'_>, size: u64, text: Option<&[u8]>| {
         metrics.messages.inc();
         if let Message::Request { id, .. } = &msg {
             ids.push(id.clone());
         }
-        correlator.on_message(&Observation { size, ..*obs }, msg);
+        correlator.on_message_bytes(&Observation { size, ..*obs }, msg, text);
     };
     match jsonrpc::parse(bytes).map_err(|e| e.reason())? {
-        Parsed::Single(msg) => deliver(msg, bytes.len() as u64),
+        Parsed::Single(msg) => deliver(msg, bytes.len() as u64, Some(bytes)),
         Parsed::Batch(items) => {
             // Sizes of batch elements are their share of the line.
             let share = bytes.len() as u64 / items.len().max(1) as u64;
@@ -929,7 +929,7 @@ fn handle_text(
                 match item {
                     Ok(msg) => {
                         parsed += 1;
-                        deliver(msg, share);
+                        deliver(msg, share, None);
                     }
                     Err(e) => {
                         metrics

@@ -112,6 +112,11 @@ impl Sessions {
         }
     }
 
+    /// The client name of a live session, once seen.
+    pub fn client_name(&self, key: &SessionKey) -> Option<&str> {
+        self.live.get(key)?.client_name.as_deref()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&SessionKey, &Session)> {
         self.live.iter()
     }

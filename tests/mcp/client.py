@@ -901,8 +901,26 @@ async def sc_rate_limited(conn: Conn, t: Tally, a: argparse.Namespace) -> None:
     t.check(status == 429, f"expected an HTTP 429, last error status {status}")
 
 
+async def sc_load(conn: Conn, t: Tally, a: argparse.Namespace) -> None:
+    """--rounds N rounds of: echo x2, add, slow(0.15), fail (tool_error), then 0.3 s
+    of rest; steady traffic across several scrapes for the Prometheus test. Per round
+    5 tools/call, 1 of them failing (20 %), 1 in the (0.1, 0.2] s bucket."""
+    await conn.list_tools()
+    t.add("tools/list", "ok")
+    for i in range(a.rounds):
+        for j in range(2):
+            r = await call(conn, t, "echo", {"text": f"load {i}.{j}"})
+            t.check(_text(r) == f"load {i}.{j}", f"echo text {_text(r)!r}")
+        await call(conn, t, "add", {"a": i, "b": 1})
+        await call(conn, t, "slow", {"seconds": 0.15})
+        await call(conn, t, "fail", {"reason": "load"}, expect="tool_error")
+        await anyio.sleep(0.3)
+    t.extra["rounds"] = a.rounds
+
+
 SCENARIOS = {
     "basic": sc_basic,
+    "load": sc_load,
     "unknown-method": sc_unknown_method,
     "big": sc_big,
     "slow": sc_slow,
@@ -1005,9 +1023,24 @@ def finish(out: dict[str, Any], t: Tally, wire: Wire, http_log: HttpLog | None) 
     out["wire"] = wire.summary()
     if http_log is not None:
         out["http"] = http_log.summary()
+    out["pid"] = os.getpid()
     out["failures"] = t.failures
     out["passed"] = not t.failures
     return out
+
+
+def attach_trace_context(traceparent: str) -> None:
+    """Makes `traceparent` the current span context. The py2 SDK wraps each request in a
+    span of the global tracer (a no-op one here, which reuses the current span) and
+    injects the current context into `params._meta` (SEP-414)."""
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+    _, trace_id, span_id, flags = traceparent.split("-")
+    span = NonRecordingSpan(SpanContext(trace_id=int(trace_id, 16), span_id=int(span_id, 16),
+                                        is_remote=True, trace_flags=TraceFlags(int(flags, 16))))
+    otel_context.attach(trace.set_span_in_context(span))
 
 
 def main() -> int:
@@ -1029,8 +1062,13 @@ def main() -> int:
     p.add_argument("--header", action="append", default=[], metavar="NAME:VALUE")
     p.add_argument("--unix", default=None, metavar="PATH",
                    help="HTTP over this unix socket (URL defaults to http://localhost/mcp)")
+    p.add_argument("--rounds", type=int, default=10, help="rounds of the load scenario")
+    p.add_argument("--traceparent", default=None, metavar="00-TRACE-SPAN-01",
+                   help="run under this W3C trace context: the py2 SDK puts it in every request's params._meta")
     a = p.parse_args(opts)
     a.cmd = cmd
+    if a.traceparent:
+        attach_trace_context(a.traceparent)
     if a.unix and not a.url:
         a.url = "http://localhost/mcp"
     if a.url and a.cmd:

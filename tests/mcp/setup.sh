@@ -4,6 +4,7 @@
 #   py2/  venv with mcp==2.3.0   (official Python SDK 2.x, MCPServer)
 #   py1/  venv with mcp==1.30.0  (official Python SDK 1.x, FastMCP)
 #   node/ npm prefix with @modelcontextprotocol/server-everything and sdk
+#   otlp/ venv with opentelemetry-proto (the OTLP receiver of the trace tests)
 # Quiet when everything is already installed (stamp file per component).
 set -euo pipefail
 
@@ -14,15 +15,16 @@ ENV_DIR="$(cd "$ENV_DIR" && pwd)"
 
 PY_SDK2_VERSION="2.3.0"
 PY_SDK1_VERSION="1.30.0"
+OTLP_PROTO_VERSION="1.45.2"
 NPM_EVERYTHING="@modelcontextprotocol/server-everything@2026.8.31"
 NPM_SDK="@modelcontextprotocol/sdk@1.32.2"
 
 PYTHON="${PYTHON:-python3}"
 
-install_venv() { # name version
+install_venv() { # name version [requirement]
     local name="$1" version="$2"
     local dir="$ENV_DIR/$name" stamp="$ENV_DIR/.stamp-$name"
-    local want="mcp==$version"
+    local want="${3:-mcp==$version}"
     if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$dir/bin/python" ]]; then
         return 0
     fi
@@ -49,7 +51,8 @@ install_node() {
 }
 
 # Debian packages the root tests use, installed only when one of their commands is missing:
-#   iproute2 (ip): the network-namespace test; prometheus (promtool): the recording rules;
+#   iproute2 (ip): the network-namespace test; prometheus (prometheus, promtool): the rules
+#   and the end-to-end Prometheus test;
 #   bpftool: the lifecycle tests; util-linux (setpriv, unshare): the privilege tests.
 install_deb() { # package command...
     local pkg="$1" cmd missing=
@@ -63,9 +66,10 @@ install_deb() { # package command...
 }
 
 install_deb iproute2 ip
-install_deb prometheus promtool
+install_deb prometheus promtool prometheus
 install_deb bpftool bpftool
 install_deb util-linux setpriv unshare
 install_venv py2 "$PY_SDK2_VERSION"
 install_venv py1 "$PY_SDK1_VERSION"
+install_venv otlp "$OTLP_PROTO_VERSION" "opentelemetry-proto==$OTLP_PROTO_VERSION"
 install_node

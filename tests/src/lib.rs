@@ -14,6 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod prometheus;
+pub mod promql;
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -476,6 +479,17 @@ impl Metrics {
         v
     }
 
+    /// Every series name, with the label names its series carry.
+    pub fn names(&self) -> BTreeMap<String, std::collections::BTreeSet<String>> {
+        let mut out: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+        for (name, labels, _) in &self.series {
+            out.entry(name.clone())
+                .or_default()
+                .extend(labels.keys().cloned());
+        }
+        out
+    }
+
     pub fn dump(&self, prefix: &str) -> String {
         self.series
             .iter()
@@ -652,6 +666,74 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The venv with the official OTLP protobuf definitions (`opentelemetry-proto`).
+pub fn otlp_python() -> PathBuf {
+    let python = mcp_env().join("otlp/bin/python");
+    assert!(
+        python.exists(),
+        "{} missing: run `cargo xtask test` (tests/mcp/setup.sh installs it)",
+        python.display()
+    );
+    python
+}
+
+/// A real OTLP/HTTP receiver (`tests/mcp/otlp_receiver.py`): decodes every export with
+/// the official protobuf definitions and keeps the spans as JSON lines.
+pub struct OtlpReceiver {
+    _server: ServerProcess,
+    pub port: u16,
+    pub out: PathBuf,
+}
+
+impl OtlpReceiver {
+    pub fn start() -> Self {
+        let port = free_port();
+        let out = std::env::temp_dir().join(format!("mcp-probe-spans-{port}.jsonl"));
+        let _ = std::fs::remove_file(&out);
+        let server = ServerProcess::start(
+            &otlp_python(),
+            &[
+                &harness("otlp_receiver.py"),
+                "--port",
+                &port.to_string(),
+                "--out",
+                &out.to_string_lossy(),
+            ],
+        );
+        Self {
+            _server: server,
+            port,
+            out,
+        }
+    }
+
+    /// The `--otlp-endpoint` for the agent.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every span received so far; panics on a request the receiver refused.
+    pub fn spans(&self) -> Vec<serde_json::Value> {
+        let spans = json_lines(&self.out);
+        if let Some(bad) = spans.iter().find(|s| s.get("error").is_some()) {
+            panic!("the OTLP receiver refused an export: {bad}");
+        }
+        spans
+    }
+}
+
+/// The JSON objects of a JSON-lines file (a request log, the receiver's spans).
+pub fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    text.lines()
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("{}: not a JSON line ({e}): {l}", path.display()))
+        })
+        .collect()
 }
 
 /// A free TCP port on loopback.

@@ -10,7 +10,7 @@ mod privilege {
     use integration_tests::{
         agent_start_failure, assert_basic, assert_clean, assert_matches_wire, exclusive, free_port,
         harness, py2, run_client, run_client_args, setpriv_as, setpriv_root_without, Agent,
-        Metrics, ServerProcess, CLIENT, SERVER,
+        Metrics, OtlpReceiver, ServerProcess, CLIENT, SERVER,
     };
 
     /// An unprivileged uid (`nobody`).
@@ -327,7 +327,21 @@ mod privilege {
             let marker = unique("mcpprobemarker");
             let secret = unique("mcpprobesecret");
             let api_key = unique("mcpprobeapikey");
-            let agent = Agent::start_with_env(&[], level);
+            // The request log and the spans at their defaults hold metadata only, too.
+            let receiver = OtlpReceiver::start();
+            let request_log = std::env::temp_dir().join(format!("{marker}.requests.jsonl"));
+            let request_log_arg = request_log.to_string_lossy().into_owned();
+            let endpoint = receiver.endpoint();
+            let agent = Agent::start_with_env(
+                &[
+                    "--request-log",
+                    &request_log_arg,
+                    "--request-log-notifications",
+                    "--otlp-endpoint",
+                    &endpoint,
+                ],
+                level,
+            );
 
             // stdio: tool arguments, tool results and a prompt argument carry markers.
             let stdio = run_client(
@@ -426,11 +440,21 @@ mod privilege {
             );
             }
 
+            let requests = std::fs::read_to_string(&request_log).expect("request log");
+            let _ = std::fs::remove_file(&request_log);
+            let spans = std::fs::read_to_string(&receiver.out).expect("spans");
+            // Both sessions, both sides: at least the 5 scenario requests each.
+            assert!(
+                requests.lines().count() >= 20 && spans.lines().count() >= 20,
+                "request log and spans hold every request:\n{requests}\n{spans}"
+            );
             let mut markers = markers_of(&stdio);
             markers.extend(markers_of(&http));
             markers.extend([marker, secret, api_key]);
             assert_absent(&format!("/metrics (RUST_LOG={level})"), &scrape, &markers);
             assert_absent(&format!("agent log (RUST_LOG={level})"), &log, &markers);
+            assert_absent("request log (defaults)", &requests, &markers);
+            assert_absent("OTLP spans (defaults)", &spans, &markers);
         }
     }
 }

@@ -1,4 +1,4 @@
-//! The shipped Prometheus rules load and compute what they claim (`promtool`, from the
+//! The shipped Prometheus rules (recording and alerting) load and compute what they claim (`promtool`, from the
 //! Debian `prometheus` package that tests/mcp/setup.sh installs).
 
 use std::process::Command;
@@ -23,6 +23,19 @@ fn promtool(args: &[&str]) {
 #[test]
 fn recording_rules_are_valid() {
     promtool(&["check", "rules", "mcp-probe.rules.yml"]);
+}
+
+#[test]
+fn alerting_rules_are_valid() {
+    promtool(&["check", "rules", "mcp-probe.alerts.yml"]);
+}
+
+/// Every alert fires on the traffic it is about and not on traffic just short of it; the
+/// recording rules for rates, error ratios, quantiles and HTTP rejections compute what
+/// they claim.
+#[test]
+fn alerts_and_traffic_rules_compute_the_documented_figures() {
+    promtool(&["test", "rules", "mcp-probe.alerts.test.yml"]);
 }
 
 #[test]

@@ -77,6 +77,11 @@ pub struct RequestInfo<'a> {
     pub client_name: Option<Cow<'a, str>>,
     /// Protocol version from `initialize` params or `_meta`.
     pub protocol_version: Option<Cow<'a, str>>,
+    /// `params.uri` of `resources/read`, `resources/subscribe` and `resources/unsubscribe`.
+    pub uri: Option<Cow<'a, str>>,
+    /// W3C trace context the caller put in `params._meta` (`traceparent`, `tracestate`).
+    pub traceparent: Option<Cow<'a, str>>,
+    pub tracestate: Option<Cow<'a, str>>,
 }
 
 /// What the agent reads out of `result`.
@@ -91,6 +96,8 @@ pub struct ResultInfo<'a> {
 
 /// A parsed line: one message or a batch.
 #[derive(Debug, PartialEq)]
+// A single message is what every SDK sends: boxing it would allocate for each one.
+#[allow(clippy::large_enum_variant)]
 pub enum Parsed<'a> {
     Single(Message<'a>),
     Batch(Vec<Result<Message<'a>, ParseError>>),
@@ -124,7 +131,10 @@ fn present_members<'de, D: Deserializer<'de>, K: Keys>(
     Members::deserialize(d).map(Some)
 }
 
-/// The member names of an object the agent looks at.
+/// Most members the agent looks at in one object.
+const MAX_KEYS: usize = 6;
+
+/// The member names of an object the agent looks at (at most [`MAX_KEYS`]).
 trait Keys {
     const KEYS: &'static [&'static str];
 }
@@ -136,6 +146,7 @@ impl Keys for ParamKeys {
         "requestId",
         "clientInfo",
         "protocolVersion",
+        "uri",
         "_meta",
     ];
 }
@@ -145,11 +156,13 @@ impl Keys for ResultKeys {
     const KEYS: &'static [&'static str] = &["isError", "serverInfo", "protocolVersion", "_meta"];
 }
 
+const _: () = assert!(ParamKeys::KEYS.len() <= MAX_KEYS && ResultKeys::KEYS.len() <= MAX_KEYS);
+
 /// The raw text of the members of an object named in `K::KEYS` (in that order), read in
 /// the envelope's pass; every other member is skipped. Any other JSON value (an array of
 /// positional params, a scalar result) has none of them, and fails nothing.
 struct Members<'a, K> {
-    raw: [Option<&'a RawValue>; 5],
+    raw: [Option<&'a RawValue>; MAX_KEYS],
     keys: PhantomData<K>,
 }
 
@@ -174,7 +187,7 @@ impl<'de: 'a, 'a, K: Keys> Deserialize<'de> for Members<'a, K> {
                 f.write_str("any JSON value")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut raw = [None; 5];
+                let mut raw = [None; MAX_KEYS];
                 while let Some(key) = map.next_key::<Cow<'de, str>>()? {
                     match K::KEYS.iter().position(|k| *k == key) {
                         Some(i) => raw[i] = Some(map.next_value::<&'de RawValue>()?),
@@ -221,7 +234,7 @@ impl<'de: 'a, 'a, K: Keys> Deserialize<'de> for Members<'a, K> {
 impl<K> Members<'_, K> {
     fn none() -> Self {
         Members {
-            raw: [None; 5],
+            raw: [None; MAX_KEYS],
             keys: PhantomData,
         }
     }
@@ -241,6 +254,10 @@ struct Meta<'a> {
     server_info: Option<Named<'a>>,
     #[serde(borrow, default, rename = "io.modelcontextprotocol/protocolVersion")]
     protocol_version: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    traceparent: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tracestate: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -333,8 +350,16 @@ fn request_info<'a>(method: &str, params: Option<Members<'a, ParamKeys>>) -> Req
     };
     let meta: Meta<'a> = p.decode("_meta").unwrap_or_default();
     let named = matches!(method, "tools/call" | "prompts/get");
+    let resource = matches!(
+        method,
+        "resources/read" | "resources/subscribe" | "resources/unsubscribe"
+    );
     RequestInfo {
-        name: if named { p.decode("name") } else { None },
+        name: if named {
+            p.get("name").and_then(string)
+        } else {
+            None
+        },
         cancelled_id: p
             .get("requestId")
             .and_then(|raw| parse_id(raw).ok().flatten()),
@@ -342,8 +367,28 @@ fn request_info<'a>(method: &str, params: Option<Members<'a, ParamKeys>>) -> Req
             .decode::<Named<'a>>("clientInfo")
             .and_then(|c| c.name)
             .or(meta.client_info.and_then(|c| c.name)),
-        protocol_version: p.decode("protocolVersion").or(meta.protocol_version),
+        protocol_version: p
+            .get("protocolVersion")
+            .and_then(string)
+            .or(meta.protocol_version),
+        uri: if resource {
+            p.get("uri").and_then(string)
+        } else {
+            None
+        },
+        traceparent: meta.traceparent.and_then(string),
+        tracestate: meta.tracestate.and_then(string),
     }
+}
+
+/// A JSON string value, borrowed when it has no escapes; `None` for anything else.
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    if let Ok(s) = serde_json::from_str::<&str>(raw.get()) {
+        return Some(Cow::Borrowed(s));
+    }
+    serde_json::from_str::<String>(raw.get())
+        .ok()
+        .map(Cow::Owned)
 }
 
 /// What the agent reads out of `result` (which may be any JSON value).
@@ -355,7 +400,10 @@ fn result_info<'a>(r: Members<'a, ResultKeys>) -> ResultInfo<'a> {
             .decode::<Named<'a>>("serverInfo")
             .and_then(|s| s.name)
             .or(meta.server_info.and_then(|s| s.name)),
-        protocol_version: r.decode("protocolVersion").or(meta.protocol_version),
+        protocol_version: r
+            .get("protocolVersion")
+            .and_then(string)
+            .or(meta.protocol_version),
     }
 }
 
@@ -468,6 +516,76 @@ mod tests {
             panic!("request")
         };
         assert_eq!(info.name, None);
+    }
+
+    #[test]
+    fn resource_uri_of_resource_methods_only() {
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"file:///srv/a%20b.txt"}}"#,
+        );
+        let Message::Request { info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!(info.uri.as_deref(), Some("file:///srv/a%20b.txt"));
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":3,"method":"resources/subscribe","params":{"uri":"mem:\/\u0078"}}"#,
+        );
+        let Message::Request { info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!(info.uri.as_deref(), Some("mem:/x"));
+        // Another method's `uri`, and a `uri` that is not a string, are not resource URIs;
+        // the rest of params is still read.
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"fetch","uri":"http://x"}}"#,
+        );
+        let Message::Request { info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!((info.uri, info.name.as_deref()), (None, Some("fetch")));
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":{"a":1},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#,
+        );
+        let Message::Request { info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!(
+            (info.uri, info.protocol_version.as_deref()),
+            (None, Some("2026-07-28"))
+        );
+    }
+
+    #[test]
+    fn trace_context_in_meta() {
+        let m = single(
+            r#"{"jsonrpc":"2.0","id":6,"method":"tools/call","params":{"name":"echo","arguments":{},"_meta":{"traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","tracestate":"vendor=x"}}}"#,
+        );
+        let Message::Request { info, .. } = m else {
+            panic!("request")
+        };
+        assert_eq!(
+            (
+                info.name.as_deref(),
+                info.traceparent.as_deref(),
+                info.tracestate.as_deref()
+            ),
+            (
+                Some("echo"),
+                Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+                Some("vendor=x")
+            )
+        );
+        // Notifications carry it too; a non-string traceparent is ignored, not an error.
+        let m = single(
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"_meta":{"traceparent":7}}}"#,
+        );
+        assert_eq!(
+            m,
+            Message::Notification {
+                method: "notifications/progress".into(),
+                info: RequestInfo::default()
+            }
+        );
     }
 
     #[test]

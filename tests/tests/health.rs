@@ -92,7 +92,7 @@ fn server_process_figures_match_proc_and_go_away_after_exit() {
     assert_eq!(m.sum("mcp_probe_hook_attached", &[]), 22.0);
     assert_eq!(
         m.sum("mcp_probe_ring_buffer_size_bytes", &[]),
-        (16 << 20) as f64
+        (8 << 20) as f64, // the default --ring-bytes
     );
     // Kernel map occupancy (counted at start, then every 30 s): every process's reads and
     // writes put descriptors in FDS.

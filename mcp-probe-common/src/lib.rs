@@ -64,6 +64,9 @@ pub enum EventKind {
     /// A watched MCP server process exited; `detail` is its exit status as wait(2) encodes
     /// it (exit code << 8, or the terminating signal).
     ProcessExit = 6,
+    /// A stream starts being followed; header-only, and it wakes the agent at once, so
+    /// the process behind it is identified (from /proc) while it surely runs.
+    Followed = 7,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -76,6 +79,7 @@ impl TryFrom<u32> for EventKind {
             4 => Ok(Self::Error),
             5 => Ok(Self::SocketInfo),
             6 => Ok(Self::ProcessExit),
+            7 => Ok(Self::Followed),
             other => Err(other),
         }
     }

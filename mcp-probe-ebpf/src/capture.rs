@@ -274,7 +274,13 @@ pub fn emit_notice(
         return;
     };
     entry.write(record_header(pid_tgid, fd, syscall, state, kind, detail, 0));
-    entry.submit(wakeup_flags(EVENT_HEADER_LEN as u64));
+    let flags = if kind == EventKind::Followed {
+        // Rare (once per stream) and worth waking for: see EventKind::Followed.
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        wakeup_flags(EVENT_HEADER_LEN as u64)
+    };
+    entry.submit(flags);
     stats::add(Stat::RecordsSubmitted, 1);
 }
 

@@ -322,6 +322,14 @@ fn try_exit(
             if classify::looks_like_mcp(inflight, syscall, len) {
                 stream.verdict = verdict::FOLLOWED;
                 stats::add(Stat::StreamsFollowed, 1);
+                capture::emit_notice(
+                    pid_tgid,
+                    inflight.fd,
+                    syscall,
+                    &fd_state,
+                    EventKind::Followed,
+                    0,
+                );
                 if fd_state.kind == StreamKind::Socket as u32 {
                     capture::emit_socket_info(pid_tgid, inflight.fd, syscall, &fd_state, file);
                 }

@@ -202,6 +202,7 @@ impl<C: StreamControl> Pipeline<C> {
     pub fn on_record(&mut self, r: &Record<'_>) {
         match r.kind {
             EventKind::Close => return self.on_close(r),
+            EventKind::Followed => return self.first_sight(r.tgid, r.comm()),
             EventKind::ProcessExit => {
                 self.health.on_exit(r.tgid, r.detail);
                 self.watched.remove(&r.tgid);
@@ -240,17 +241,7 @@ impl<C: StreamControl> Pipeline<C> {
             ino: r.ino,
         };
         let key = (stream, r.direction());
-        if !self.watched.contains(&r.tgid) {
-            // A process's first record: read who it is now, while it surely runs (a
-            // short-lived server can be gone by the time its first message is complete),
-            // and ask the kernel to report its exit. A pid seen exiting before belongs to a
-            // new process now.
-            self.correlator.on_process_seen(r.tgid);
-            self.correlator.processes.observe(r.tgid, r.comm());
-            if self.watched.len() < WATCHED_CAP && self.control.watch_process(r.tgid) {
-                self.watched.insert(r.tgid);
-            }
-        }
+        self.first_sight(r.tgid, r.comm());
         if !self.views.contains_key(&key) && self.views.len() >= self.config.max_streams {
             self.evict_views(r.ts_ns);
         }
@@ -337,7 +328,8 @@ impl<C: StreamControl> Pipeline<C> {
                 EventKind::Close
                 | EventKind::Error
                 | EventKind::SocketInfo
-                | EventKind::ProcessExit,
+                | EventKind::ProcessExit
+                | EventKind::Followed,
                 _,
             ) => {}
             (EventKind::Gap, Framing::Lines(f)) => {
@@ -396,7 +388,8 @@ impl<C: StreamControl> Pipeline<C> {
                 EventKind::Close
                 | EventKind::Error
                 | EventKind::SocketInfo
-                | EventKind::ProcessExit => 0,
+                | EventKind::ProcessExit
+                | EventKind::Followed => 0,
             };
         if let Framing::Lines(f) = &view.framing {
             let discarded = f.counters.resync_discarded_bytes;
@@ -430,6 +423,21 @@ impl<C: StreamControl> Pipeline<C> {
             self.correlator.forget_stream(stream);
         }
         self.metrics.tracked_streams.set(self.views.len() as i64);
+    }
+
+    /// A process's first record (or the kernel's notice that it started a stream, which
+    /// wakes the agent at once): read who it is now, while it surely runs (a short-lived
+    /// server can be gone by the time its first message is complete), and ask the kernel
+    /// to report its exit. A pid seen exiting before belongs to a new process now.
+    fn first_sight(&mut self, tgid: u32, comm: &str) {
+        if self.watched.contains(&tgid) {
+            return;
+        }
+        self.correlator.on_process_seen(tgid);
+        self.correlator.processes.observe(tgid, comm);
+        if self.watched.len() < WATCHED_CAP && self.control.watch_process(tgid) {
+            self.watched.insert(tgid);
+        }
     }
 
     /// Removes a view, keeping the buffered-bytes total true.

@@ -313,6 +313,13 @@ server shares CPU 0 with the agent, so the agent's CPU time was part of that fig
 What remains is mostly the inherent scan of each message (`serde_json`'s string
 skipping and the newline search, the top of the profile above) and the allocator.
 
+**How far to trust the exchange rows.** A round trip across CPUs costs about 70 µs here
+without the agent, not the 11 µs of KERNEL-COSTS.md: each direction wakes an idle vCPU,
+which dominates. The agent keeps CPU 0 busier, which shortens those wake-ups, so the
+difference across CPUs understates the agent's cost and can come out negative (its ranges
+are wider than the effect). The same-CPU rows have no idle wake-up: their difference, a
+few µs for four captured syscalls and the agent's share of the CPU, is the cleaner figure.
+
 The agent's resident memory was 66 MB idle at first: 33 MB for the ring buffer (mapped
 twice: 16 MiB of ring, 32 MiB of mappings) and 27 MB of heap left free by the two parses
 of the kernel's BTF at load. It now gives that heap back after loading (`malloc_trim`),

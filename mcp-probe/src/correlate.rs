@@ -1609,6 +1609,16 @@ impl Correlator {
         }
     }
 
+    /// The current name of `tgid` if it has served MCP (announced a name, or had its
+    /// exchanges counted or held under it).
+    pub fn name_if_server(&mut self, tgid: u32) -> Option<String> {
+        let server = ServerRef::Process(tgid);
+        let known = self.settled.contains(&server)
+            || self.unsettled.contains_key(&server)
+            || self.announced.contains_key(&server);
+        known.then(|| self.server_name(Some(&server)))
+    }
+
     /// Every server process known from traffic, with its current (capped) name.
     pub fn server_processes(&mut self) -> Vec<(u32, String)> {
         let mut tgids: Vec<u32> = self

@@ -204,7 +204,8 @@ impl<C: StreamControl> Pipeline<C> {
             EventKind::Close => return self.on_close(r),
             EventKind::Followed => return self.first_sight(r.tgid, r.comm()),
             EventKind::ProcessExit => {
-                self.health.on_exit(r.tgid, r.detail);
+                let server = self.correlator.name_if_server(r.tgid);
+                self.health.on_exit(r.tgid, r.detail, server);
                 self.watched.remove(&r.tgid);
                 return self.on_process_gone(r.tgid, r.ts_ns);
             }

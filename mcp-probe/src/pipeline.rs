@@ -552,8 +552,16 @@ impl<C: StreamControl> Pipeline<C> {
                 self.on_http_event((stream, direction), &obs, e);
             }
             if let Some(view) = self.remove_view(&(stream, direction)) {
-                if let Some((_, ids)) = view.response {
-                    aborted.extend(ids);
+                match view.response {
+                    // An error status answered these requests even if the body was never
+                    // read (a client that gives up on a 401 closes without reading it).
+                    Some((status, ids)) if status >= 400 => {
+                        for id in ids {
+                            self.correlator.on_http_error(&obs, id, status);
+                        }
+                    }
+                    Some((_, ids)) => aborted.extend(ids),
+                    None => {}
                 }
             }
         }
@@ -1246,6 +1254,61 @@ mod tests {
 
     fn pong(id: u32) -> Vec<u8> {
         format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{}}}}\n").into_bytes()
+    }
+
+    #[test]
+    fn an_error_head_whose_body_was_never_read_still_answers_the_request() {
+        let (mut p, registry) = pipeline();
+        let mut g = Generator::new();
+        let conn = (0xffff_0000_0006_0000, 401);
+        let body = b"{\"jsonrpc\":\"2.0\",\"id\":0,\"method\":\"initialize\",\"params\":{}}";
+        let mut post = format!(
+            "POST /mcp HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        post.extend_from_slice(body);
+        p.on_record_bytes(&g.record(CLIENT, "client", conn, Syscall::Write, &post));
+        // The head of a 401 arrives; the client gives up and closes without its body.
+        let head = b"HTTP/1.1 401 Unauthorized\r\ncontent-type: application/json\r\ncontent-length: 13\r\n\r\n";
+        p.on_record_bytes(&g.record(CLIENT, "client", conn, Syscall::Read, head));
+        let empty = g.record(CLIENT, "client", conn, Syscall::Read, b"");
+        let r = decode(&empty).expect("record");
+        let close = EventHeader {
+            kind: EventKind::Close as u32,
+            ..raw_header(&r)
+        };
+        p.on_record_bytes(&encode_record(&close, b""));
+        p.sweep(g.now_ns + 10_000_000_000);
+        assert_eq!(
+            value(&registry, "mcp_client_responses_total{mcp_server_name=\"unknown\",mcp_method_name=\"initialize\",gen_ai_tool_name=\"\",gen_ai_prompt_name=\"\",outcome=\"error\",error_type=\"http_401\""),
+            1.0
+        );
+        assert_eq!(
+            value(&registry, "mcp_client_request_cancellations_total"),
+            0.0
+        );
+    }
+
+    /// The header of a decoded record, to build another from it.
+    fn raw_header(r: &Record<'_>) -> EventHeader {
+        EventHeader {
+            kind: r.kind as u32,
+            syscall: r.syscall as u32,
+            ts_ns: r.ts_ns,
+            tgid: r.tgid,
+            tid: r.tid,
+            comm: r.comm,
+            stream_id: r.stream_id,
+            ino: r.ino,
+            stream_kind: r.stream_kind as u32,
+            fd: r.fd,
+            stream_offset: r.stream_offset,
+            syscall_len: r.syscall_len,
+            syscall_offset: r.syscall_offset,
+            captured_len: r.payload.len() as u32,
+            detail: r.detail,
+        }
     }
 
     #[test]

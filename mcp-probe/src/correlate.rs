@@ -1145,7 +1145,7 @@ impl Correlator {
     /// Counts one completed request of `side`: through the handles of its series when
     /// the series is known (one lookup), else through the families (admitting the series
     /// under the cap, or folding it into `_other`).
-    fn record_exchange(&mut self, server: &str, side: Side, p: Pending, ending: Ending) {
+    fn record_exchange(&mut self, server: &str, side: Side, mut p: Pending, ending: Ending) {
         let overflow = &self.metrics.agent.label_overflow;
         let (outcome, error_type) = match &ending {
             Ending::Response { outcome, .. } => {
@@ -1155,7 +1155,7 @@ impl Correlator {
             Ending::Cancelled { .. } => ("cancelled", None),
             Ending::Timeout => ("timeout", None),
         };
-        if let Some(user) = p.user.clone() {
+        if let Some(user) = p.user.take() {
             let mut labels = UserLabels {
                 mcp_server_name: server.to_owned(),
                 user,

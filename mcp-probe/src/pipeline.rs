@@ -244,7 +244,7 @@ impl<C: StreamControl> Pipeline<C> {
         let key = (stream, r.direction());
         self.first_sight(r.tgid, r.comm());
         if !self.views.contains_key(&key) && self.views.len() >= self.config.max_streams {
-            self.evict_views(r.ts_ns);
+            self.evict_views();
         }
         let max = self.config.max_message_bytes;
         let sockets_seen = &self.sockets;
@@ -451,7 +451,7 @@ impl<C: StreamControl> Pipeline<C> {
     /// `--max-streams` reached: the least recently active sixteenth of the views go (one
     /// pass, so a flood of new streams costs O(1) per stream). Their partial messages are
     /// counted as discarded.
-    fn evict_views(&mut self, _now_ns: u64) {
+    fn evict_views(&mut self) {
         let n = (self.views.len() / 16).max(1);
         let mut by_age: Vec<(u64, (StreamKey, Direction))> =
             self.views.iter().map(|(k, v)| (v.last_ts_ns, *k)).collect();

@@ -24,48 +24,11 @@ use crate::{
         NotificationLabels, OperationLabels, RequestLabels, ResponseLabels, SeriesCap,
         ServerSideLabels, SessionLabels, SideMetrics, TransportLabels, UserLabels, OTHER,
     },
+    model::{opposite, Observation, ServerRef, Side, StreamKey, Transport},
     protocols::jsonrpc::{Id, Message},
     sessions::{Role, Session, SessionId, SessionKey, Sessions, IDLE_NS},
     sinks::{self, CompletedRequest, NotificationEvent, RequestContext, Sinks},
 };
-
-/// A stream: the kernel address of its inode plus the inode number, so a freed inode whose
-/// memory is reused for a new pipe is a new stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct StreamKey {
-    pub addr: u64,
-    pub ino: u64,
-}
-
-/// Who an MCP server is: a process on this host, or a remote address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ServerRef {
-    Process(u32),
-    /// `host:port` or `unix:path`.
-    Endpoint(std::sync::Arc<str>),
-}
-
-/// One message as observed by one process.
-#[derive(Clone, Copy, Debug)]
-pub struct Observation<'c> {
-    pub tgid: u32,
-    pub comm: &'c str,
-    /// `Write`: the process sent it; `Read`: the process received it.
-    pub direction: Direction,
-    pub stream: StreamKey,
-    pub transport: &'static str,
-    /// For a socket connected to a server (not accepted): the server's address, used to
-    /// name the server when its process is not on this host or not known.
-    pub peer: Option<&'c ServerRef>,
-    /// The MCP session the message belongs to (HTTP transports), when known.
-    pub session: Option<&'c str>,
-    /// Who sent it (HTTP: keyed hash of the request's credential), when known.
-    pub user: Option<&'c str>,
-    /// Kernel time (CLOCK_MONOTONIC ns) at which the message was complete.
-    pub ts_ns: u64,
-    /// JSON bytes of the message (its share of a batch for batch elements).
-    pub size: u64,
-}
 
 /// Requests sent by the MCP server to its client (everything else goes client -> server).
 const SERVER_TO_CLIENT_REQUESTS: &[&str] =
@@ -80,39 +43,6 @@ const SERVER_NOTIFICATIONS: &[&str] = &[
     "notifications/elicitation/complete",
 ];
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Side {
-    /// Sender of the request.
-    Client,
-    /// Receiver of the request.
-    Server,
-}
-
-impl Side {
-    /// The side of a process by its MCP role (HTTP statuses, connection errors).
-    fn of_observer(observer_is_server: bool) -> Self {
-        if observer_is_server {
-            Side::Server
-        } else {
-            Side::Client
-        }
-    }
-
-    fn label(self) -> &'static str {
-        match self {
-            Side::Client => "client",
-            Side::Server => "server",
-        }
-    }
-
-    fn of(direction: Direction) -> Self {
-        match direction {
-            Direction::Write => Side::Client,
-            Direction::Read => Side::Server,
-        }
-    }
-}
-
 #[derive(Debug)]
 struct Pending {
     /// Arrival order within the correlator (for evicting the oldest).
@@ -123,7 +53,7 @@ struct Pending {
     prompt: Option<String>,
     ts_ns: u64,
     size: u64,
-    transport: &'static str,
+    transport: Transport,
     /// The MCP server of this exchange is the observing process itself.
     server_is_observer: bool,
     session: Option<Box<str>>,
@@ -175,7 +105,7 @@ struct EarlyResponse {
     comm: String,
     direction: Direction,
     stream: StreamKey,
-    transport: &'static str,
+    transport: Transport,
     peer: Option<ServerRef>,
     session: Option<String>,
     user: Option<String>,
@@ -261,7 +191,7 @@ enum Finished {
     Notification {
         side: Side,
         method: String,
-        transport: &'static str,
+        transport: Transport,
         tgid: u32,
         ts_ns: u64,
         size: u64,
@@ -269,13 +199,13 @@ enum Finished {
     ConnectionError {
         side: Side,
         reason: &'static str,
-        transport: &'static str,
+        transport: Transport,
     },
     /// An HTTP response status; `side` is the process that read (client) or wrote (server) it.
     HttpStatus {
         side: Side,
         status: u16,
-        transport: &'static str,
+        transport: Transport,
     },
 }
 
@@ -438,7 +368,7 @@ impl Correlator {
         };
         self.processes.observe(obs.tgid, obs.comm);
         if obs.direction == Direction::Write
-            && obs.transport == "pipe"
+            && obs.transport == Transport::Pipe
             && self.writers.len() < MAX_WRITERS
         {
             self.writers.insert(obs.stream, obs.tgid);
@@ -451,7 +381,10 @@ impl Correlator {
                 let server_is_observer = server_to_client == (obs.direction == Direction::Write);
                 // An HTTP session starts with the answer to `initialize`, which names it.
                 let mut session_client = None;
-                if !(method == "initialize" && obs.session.is_none() && obs.transport != "pipe") {
+                if !(method == "initialize"
+                    && obs.session.is_none()
+                    && obs.transport != Transport::Pipe)
+                {
                     let session = self.touch_session(obs, server_is_observer);
                     if let (Some(key), Some(client)) = (&session, info.client_name.as_deref()) {
                         let client = self
@@ -900,12 +833,12 @@ impl Correlator {
         self.unpaired_on(obs.transport);
     }
 
-    fn unpaired_on(&self, transport: &'static str) {
+    fn unpaired_on(&self, transport: Transport) {
         self.metrics
             .agent
             .unpaired_responses
             .get_or_create(&TransportLabels {
-                network_transport: transport,
+                network_transport: transport.label(),
             })
             .inc();
     }
@@ -1059,7 +992,7 @@ impl Correlator {
                         mcp_server_name: server.to_owned(),
                         side: side.label(),
                         reason,
-                        network_transport: transport,
+                        network_transport: transport.label(),
                     })
                     .inc();
             }
@@ -1078,7 +1011,7 @@ impl Correlator {
                         mcp_server_name: server.to_owned(),
                         side,
                         status_class: status_class(status),
-                        network_transport: transport,
+                        network_transport: transport.label(),
                     })
                     .inc();
                 let labels = ServerSideLabels {
@@ -1108,7 +1041,7 @@ impl Correlator {
                     sinks.on_notification(&NotificationEvent {
                         side: side.label(),
                         server,
-                        transport,
+                        transport: transport.label(),
                         method: &method,
                         ts_ns,
                         bytes: size,
@@ -1118,7 +1051,7 @@ impl Correlator {
                 let mut labels = NotificationLabels {
                     mcp_server_name: server.to_owned(),
                     mcp_method_name: method,
-                    network_transport: transport,
+                    network_transport: transport.label(),
                 };
                 if !self.notification_series[side as usize].admit(&labels) {
                     self.series_overflow();
@@ -1230,7 +1163,7 @@ impl Correlator {
             mcp_method_name: p.method.clone(),
             gen_ai_tool_name: p.tool.clone(),
             gen_ai_prompt_name: p.prompt.clone(),
-            network_transport: p.transport,
+            network_transport: p.transport.label(),
         };
         let admitted = self.exchange_series[side as usize].admit(&(&request, outcome, &error_type));
         if !admitted {
@@ -1396,7 +1329,7 @@ impl Correlator {
         let server = self.server_of(obs, server_is_observer, obs.stream)?;
         let id = match (obs.session, obs.transport) {
             (Some(id), _) => SessionId::Http(id.into()),
-            (None, "pipe") => SessionId::Channel,
+            (None, Transport::Pipe) => SessionId::Channel,
             (None, _) => SessionId::Connection(obs.stream),
         };
         let role = if server_is_observer {
@@ -1533,7 +1466,7 @@ impl Correlator {
             m.session_duration
                 .get_or_create(&SessionLabels {
                     mcp_server_name: name,
-                    network_transport: session.transport,
+                    network_transport: session.transport.label(),
                 })
                 .observe(session.last_ns.saturating_sub(session.start_ns) as f64 / 1e9);
         }
@@ -1567,9 +1500,9 @@ impl Correlator {
 
     /// Sets the active-session and active-client gauges from the live sessions.
     fn refresh_session_gauges(&mut self) {
-        let mut active: HashMap<(Role, String, &'static str), i64> = HashMap::default();
+        let mut active: HashMap<(Role, String, Transport), i64> = HashMap::default();
         let mut clients: HashMap<(String, String), i64> = HashMap::default();
-        let live: Vec<(SessionKey, &'static str, Option<String>)> = self
+        let live: Vec<(SessionKey, Transport, Option<String>)> = self
             .sessions
             .iter()
             .map(|(k, s)| (k.clone(), s.transport, s.client_name.clone()))
@@ -1603,7 +1536,7 @@ impl Correlator {
             m.active_sessions
                 .get_or_create(&SessionLabels {
                     mcp_server_name: name,
-                    network_transport: transport,
+                    network_transport: transport.label(),
                 })
                 .set(n);
         }
@@ -1752,7 +1685,7 @@ fn completed<'a>(
             Some(ServerRef::Endpoint(address)) => Some(address),
             _ => None,
         },
-        transport: p.transport,
+        transport: p.transport.label(),
         method: &p.method,
         tool: p.tool.as_deref(),
         prompt: p.prompt.as_deref(),
@@ -1776,13 +1709,6 @@ fn status_class(status: u16) -> &'static str {
         4 => "4xx",
         5 => "5xx",
         _ => "other",
-    }
-}
-
-fn opposite(d: Direction) -> Direction {
-    match d {
-        Direction::Read => Direction::Write,
-        Direction::Write => Direction::Read,
     }
 }
 
@@ -1841,7 +1767,7 @@ mod tests {
             comm: "client",
             direction,
             stream: stream(n),
-            transport: "tcp",
+            transport: Transport::Tcp,
             peer: Some(&server),
             session: Some(session),
             user: None,

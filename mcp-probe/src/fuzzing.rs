@@ -37,7 +37,8 @@ use crate::{
     decode,
     health::Health,
     metrics::{AgentMetrics, Metrics},
-    pipeline::{Pipeline, PipelineConfig, StreamControl},
+    model::StreamControl,
+    pipeline::{Pipeline, PipelineConfig},
     protocols::{
         http::{self, HttpEvent, HttpFramer},
         jsonl::{Frame, LineFramer},

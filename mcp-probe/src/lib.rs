@@ -23,6 +23,7 @@ pub mod kernel_offsets;
 #[cfg(feature = "kernel")]
 pub mod loader;
 pub mod metrics;
+pub mod model;
 pub mod pipeline;
 pub mod privileges;
 pub mod protocols;

@@ -13,7 +13,7 @@ use mcp_probe_common::{
     WATCHED_MAP,
 };
 
-use crate::{kernel_offsets, pipeline::StreamControl};
+use crate::{kernel_offsets, model::StreamControl};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {

@@ -12,10 +12,11 @@ use crate::{HashMap, HashSet};
 use mcp_probe_common::{errno, Direction, EventKind, StreamKind};
 
 use crate::{
-    correlate::{Correlator, Observation, ServerRef, StreamKey},
+    correlate::Correlator,
     decode::{decode, Record},
     health::Health,
     metrics::{AgentMetrics, MapLabels, ReasonLabels},
+    model::{Observation, ServerRef, StreamControl, StreamKey, Transport},
     protocols::{
         http::{starts_http, HttpEvent, HttpFramer},
         jsonl::{self, Frame, LineFramer},
@@ -23,25 +24,6 @@ use crate::{
     },
     sockets,
 };
-
-/// What the pipeline asks of the kernel side.
-pub trait StreamControl {
-    /// Stop following a stream (it carries JSON but not JSON-RPC).
-    fn ignore_stream(&mut self, stream_id: u64);
-    /// Report when this process exits (so its pid is forgotten before it can be reused).
-    /// False when the kernel cannot take it (its map is full).
-    fn watch_process(&mut self, tgid: u32) -> bool;
-    /// Drops the kernel's descriptor verdicts of processes that `gone` says have exited,
-    /// and returns (map, entries, capacity) of the kernel's bookkeeping maps.
-    fn sweep_maps(
-        &mut self,
-        gone: &mut dyn FnMut(u32) -> bool,
-    ) -> Vec<(&'static str, usize, usize)>;
-    /// The pid is in use (by this process or, after reuse, another: exit records tell).
-    fn process_exists(&self, tgid: u32) -> bool {
-        std::path::Path::new(&format!("/proc/{tgid}")).exists()
-    }
-}
 
 /// A stream with this many framed lines and none of them JSON-RPC is dropped.
 const NON_JSONRPC_LINES_BEFORE_IGNORE: u64 = 8;
@@ -113,7 +95,7 @@ struct View {
     /// `framing.buffered_bytes()` as last added to the pipeline's total.
     buffered: usize,
     next_offset: u64,
-    transport: &'static str,
+    transport: Transport,
     peer: Option<ServerRef>,
     last_ts_ns: u64,
     /// The process of the last record, and its descriptor.
@@ -251,7 +233,7 @@ impl<C: StreamControl> Pipeline<C> {
         let servers = &mut self.servers;
         let view = self.views.entry(key).or_insert_with(|| {
             let (transport, peer) = match r.stream_kind {
-                StreamKind::Pipe => ("pipe", None),
+                StreamKind::Pipe => (Transport::Pipe, None),
                 StreamKind::Socket => {
                     let info = sockets_seen
                         .get(&stream)
@@ -490,7 +472,7 @@ impl<C: StreamControl> Pipeline<C> {
             let Some(view) = self.views.get(&key) else {
                 continue; // closed with its other direction
             };
-            if matches!(view.framing, Framing::Http(_)) || view.transport != "pipe" {
+            if matches!(view.framing, Framing::Http(_)) || view.transport.is_socket() {
                 self.close_stream(key.0, tgid, "", ts_ns);
             } else {
                 self.abandon_view(&key);
@@ -777,7 +759,7 @@ impl<C: StreamControl> Pipeline<C> {
             .iter()
             .filter(|((stream, direction), v)| {
                 *direction == Direction::Read
-                    && v.transport == "pipe"
+                    && v.transport == Transport::Pipe
                     && now_ns.saturating_sub(v.last_ts_ns) > ORPHAN_AFTER_NS
                     && v.framing.pending_bytes() > 0
                     && !self.views.contains_key(&(*stream, Direction::Write))

@@ -6,7 +6,7 @@
 
 use crate::HashMap;
 
-use crate::correlate::{ServerRef, StreamKey};
+use crate::model::{ServerRef, StreamKey, Transport};
 
 /// A side of a session: the MCP client's view or the MCP server's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -35,7 +35,7 @@ pub struct SessionKey {
 pub struct Session {
     pub start_ns: u64,
     pub last_ns: u64,
-    pub transport: &'static str,
+    pub transport: Transport,
     /// `clientInfo.name` of the session's client, once seen (initialize or `_meta`).
     pub client_name: Option<String>,
 }
@@ -61,7 +61,7 @@ impl Sessions {
     pub fn touch(
         &mut self,
         key: SessionKey,
-        transport: &'static str,
+        transport: Transport,
         ts_ns: u64,
     ) -> Vec<(SessionKey, Session)> {
         if let Some(s) = self.live.get_mut(&key) {

@@ -15,7 +15,7 @@ use mcp_probe_common::{
 
 use procfs::net::TcpState;
 
-use crate::correlate::ServerRef;
+use crate::model::{ServerRef, Transport};
 
 /// The other end of a socket.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -28,7 +28,7 @@ pub enum Peer {
 #[derive(Debug, Clone)]
 pub struct SocketInfo {
     /// `tcp`, `unix`, or `unix` when the socket is not found (closed already).
-    pub transport: &'static str,
+    pub transport: Transport,
     /// The remote end (for a client: the server it talks to).
     pub peer: Option<Peer>,
 }
@@ -36,7 +36,7 @@ pub struct SocketInfo {
 impl SocketInfo {
     fn unknown() -> Self {
         Self {
-            transport: "unix",
+            transport: Transport::Unix,
             peer: None,
         }
     }
@@ -58,7 +58,7 @@ pub fn lookup(tgid: u32, ino: u64) -> SocketInfo {
             .any(|e| e.state == TcpState::Listen && e.local_address.port() == local.port());
         let peer = (!accepted).then_some(Peer::Tcp(entry.remote_address));
         return SocketInfo {
-            transport: "tcp",
+            transport: Transport::Tcp,
             peer,
         };
     }
@@ -70,7 +70,7 @@ pub fn lookup(tgid: u32, ino: u64) -> SocketInfo {
     {
         let _ = entry;
         return SocketInfo {
-            transport: "unix",
+            transport: Transport::Unix,
             peer: None,
         };
     }
@@ -91,7 +91,7 @@ pub fn from_kernel(info: &KernelSocketInfo) -> SocketInfo {
     };
     match info.family {
         AF_INET | AF_INET6 => SocketInfo {
-            transport: "tcp",
+            transport: Transport::Tcp,
             // The remote end; only used to name the server when this end is the client.
             peer: (info.remote_port != 0)
                 .then(|| addr(&info.remote_addr, info.remote_port))
@@ -103,7 +103,7 @@ pub fn from_kernel(info: &KernelSocketInfo) -> SocketInfo {
             let end = path.iter().position(|&b| b == 0).unwrap_or(UNIX_PATH_LEN);
             let path = String::from_utf8_lossy(&path[..end]).into_owned();
             SocketInfo {
-                transport: "unix",
+                transport: Transport::Unix,
                 peer: (!path.is_empty()).then_some(Peer::Unix(path)),
             }
         }

@@ -569,8 +569,9 @@ mod tests {
     #[test]
     fn the_correlator_logs_each_exchange_once_per_side() {
         use crate::{
-            correlate::{Correlator, CorrelatorConfig, Observation, StreamKey},
+            correlate::{Correlator, CorrelatorConfig},
             metrics::Metrics,
+            model::{Observation, StreamKey, Transport},
             protocols::jsonrpc::{parse, Parsed},
         };
         use mcp_probe_common::Direction;
@@ -605,7 +606,7 @@ mod tests {
                         addr: stream,
                         ino: stream,
                     },
-                    transport: "pipe",
+                    transport: Transport::Pipe,
                     peer: None,
                     session: None,
                     user: None,

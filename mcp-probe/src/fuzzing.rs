@@ -33,7 +33,6 @@ use mcp_probe_common::{
 use prometheus_client::{encoding::text::encode, registry::Registry};
 
 use crate::{
-    correlate::{Correlator, CorrelatorConfig},
     decode,
     health::Health,
     metrics::{AgentMetrics, Metrics},
@@ -45,6 +44,7 @@ use crate::{
         jsonrpc::{self, Id, Message, Parsed},
         sse::SseParser,
     },
+    stitch::{StitchConfig, Stitcher},
 };
 
 /// Allocation slack allowed over a framer's documented bound: the smallest allocation a
@@ -893,7 +893,7 @@ pub fn pipeline(data: &[u8]) {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let agent: AgentMetrics = metrics.agent.clone();
-    let correlator = Correlator::new(CorrelatorConfig::default(), metrics.clone());
+    let correlator = Stitcher::recording(StitchConfig::default(), metrics.clone(), None);
     let mut p = Pipeline::new(
         // Small bounds, so that eviction and the buffer budget are exercised too.
         PipelineConfig {

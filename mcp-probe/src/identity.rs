@@ -28,6 +28,11 @@ impl Processes {
     }
 
     /// The process still runs and is the one we know (not a reused pid).
+    /// The uid of process `tgid`.
+    pub fn uid(&self, tgid: u32) -> Option<u32> {
+        procfs::process::Process::new(tgid as i32).ok()?.uid().ok()
+    }
+
     pub fn is_alive(&self, tgid: u32) -> bool {
         let known = self.by_tgid.get(&tgid).map(|i| i.start_time);
         let now = read_start_time(tgid);

@@ -11,8 +11,8 @@
 
 #[cfg(feature = "kernel")]
 pub mod blocked;
-pub mod correlate;
 pub mod decode;
+pub mod events;
 /// Entry points shared by the fuzz targets (`mcp-probe/fuzz`) and the regression tests that
 /// replay their corpus.
 pub mod fuzzing;
@@ -20,6 +20,7 @@ pub mod health;
 pub mod identity;
 #[cfg(feature = "kernel")]
 pub mod kernel_offsets;
+pub mod labels;
 #[cfg(feature = "kernel")]
 pub mod loader;
 pub mod metrics;
@@ -30,9 +31,9 @@ pub mod protocols;
 #[cfg(feature = "kernel")]
 pub mod reader;
 pub mod server;
-pub mod sessions;
 pub mod sinks;
 pub mod sockets;
+pub mod stitch;
 
 /// The maps of the per-record path. foldhash is several times faster than std's SipHash
 /// for the short keys used here (ids, pids, inode addresses) and is seeded at random per

@@ -16,11 +16,11 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 
 use mcp_probe::{
-    correlate::{Correlator, CorrelatorConfig},
     health, loader,
     metrics::{self, BuildInfoLabels, Metrics},
     pipeline::{Pipeline, PipelineConfig},
     privileges, reader, server, sinks,
+    stitch::{StitchConfig, Stitcher},
 };
 
 /// Measures MCP traffic of every process on this host from the kernel (eBPF) and serves
@@ -164,7 +164,7 @@ fn main() -> anyhow::Result<()> {
         ..
     } = loaded;
 
-    let correlator_config = CorrelatorConfig {
+    let correlator_config = StitchConfig {
         request_timeout_ns: args.request_timeout_seconds.saturating_mul(1_000_000_000),
         max_methods: args.max_methods,
         max_tools: args.max_tools,
@@ -185,7 +185,7 @@ fn main() -> anyhow::Result<()> {
     };
     export_limits(&metrics.agent, &args);
     metrics.agent.init_loss_series();
-    let correlator = Correlator::new(correlator_config, metrics.clone()).with_sinks(sinks);
+    let correlator = Stitcher::recording(correlator_config, metrics.clone(), sinks);
     let pipeline = Pipeline::new(
         pipeline_config,
         correlator,

@@ -12,7 +12,6 @@ use crate::{HashMap, HashSet};
 use mcp_probe_common::{errno, Direction, EventKind, StreamKind};
 
 use crate::{
-    correlate::Correlator,
     decode::{decode, Record},
     health::Health,
     metrics::{AgentMetrics, MapLabels, ReasonLabels},
@@ -23,6 +22,7 @@ use crate::{
         jsonrpc::{self, Id, Message, Parsed},
     },
     sockets,
+    stitch::Stitcher,
 };
 
 /// A stream with this many framed lines and none of them JSON-RPC is dropped.
@@ -132,7 +132,7 @@ pub struct Pipeline<C: StreamControl> {
     /// Per socket: its identity, as the kernel reported it when following started.
     sockets: HashMap<StreamKey, sockets::SocketInfo>,
     servers: sockets::Servers,
-    pub correlator: Correlator,
+    pub correlator: Stitcher,
     health: Health,
     /// Processes whose exit the kernel was asked to report.
     watched: HashSet<u32>,
@@ -146,7 +146,7 @@ pub struct Pipeline<C: StreamControl> {
 impl<C: StreamControl> Pipeline<C> {
     pub fn new(
         config: PipelineConfig,
-        correlator: Correlator,
+        correlator: Stitcher,
         health: Health,
         metrics: AgentMetrics,
         control: C,
@@ -416,8 +416,7 @@ impl<C: StreamControl> Pipeline<C> {
         if self.watched.contains(&tgid) {
             return;
         }
-        self.correlator.on_process_seen(tgid);
-        self.correlator.processes.observe(tgid, comm);
+        self.correlator.on_process_seen(tgid, comm);
         if self.watched.len() < WATCHED_CAP && self.control.watch_process(tgid) {
             self.watched.insert(tgid);
         }
@@ -907,7 +906,7 @@ fn count_text(
 fn handle_text(
     bytes: &[u8],
     obs: &Observation<'_>,
-    correlator: &mut Correlator,
+    correlator: &mut Stitcher,
     metrics: &AgentMetrics,
 ) -> Result<Vec<Id>, &'static str> {
     let mut ids = Vec::new();
@@ -955,7 +954,7 @@ mod tests {
     use prometheus_client::{encoding::text::encode, registry::Registry};
 
     use super::*;
-    use crate::{correlate::CorrelatorConfig, decode::encode as encode_record, metrics::Metrics};
+    use crate::{decode::encode as encode_record, metrics::Metrics, stitch::StitchConfig};
 
     /// Streams the pipeline turned off, and pids the test pretends have exited.
     #[derive(Default)]
@@ -1066,17 +1065,17 @@ mod tests {
                 max_message_bytes: 1 << 20,
                 ..PipelineConfig::default()
             },
-            CorrelatorConfig::default(),
+            StitchConfig::default(),
         )
     }
 
     fn pipeline_with(
         config: PipelineConfig,
-        correlator: CorrelatorConfig,
+        correlator: StitchConfig,
     ) -> (Pipeline<Ignored>, Registry) {
         let mut registry = Registry::default();
         let metrics = Metrics::new(&mut registry);
-        let correlator = Correlator::new(correlator, metrics.clone());
+        let correlator = Stitcher::recording(correlator, metrics.clone(), None);
         (
             Pipeline::new(
                 config,
@@ -1300,7 +1299,7 @@ mod tests {
                 max_streams: 4,
                 ..PipelineConfig::default()
             },
-            CorrelatorConfig::default(),
+            StitchConfig::default(),
         );
         let mut g = Generator::new();
         // Six pipes, each with the first 10 bytes of a message.
@@ -1336,7 +1335,7 @@ mod tests {
                 max_buffered_bytes: 4096,
                 ..PipelineConfig::default()
             },
-            CorrelatorConfig::default(),
+            StitchConfig::default(),
         );
         let mut g = Generator::new();
         let a = (0xffff_0000_0002_0000, 201);
@@ -1475,9 +1474,9 @@ mod tests {
     fn pending_requests_per_process_are_bounded_and_evictions_are_not_outcomes() {
         let (mut p, registry) = pipeline_with(
             PipelineConfig::default(),
-            CorrelatorConfig {
+            StitchConfig {
                 max_pending_per_process: 3,
-                ..CorrelatorConfig::default()
+                ..StitchConfig::default()
             },
         );
         let mut g = Generator::new();
@@ -1507,10 +1506,10 @@ mod tests {
     fn series_and_error_types_are_capped() {
         let (mut p, registry) = pipeline_with(
             PipelineConfig::default(),
-            CorrelatorConfig {
+            StitchConfig {
                 max_series: 2,
                 max_error_types: 1,
-                ..CorrelatorConfig::default()
+                ..StitchConfig::default()
             },
         );
         let mut g = Generator::new();

@@ -29,7 +29,13 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::protocols::jsonrpc::Id;
+pub use crate::events::{RequestContext, TraceParent};
+use crate::{
+    events::{Consumer, Ending, Event, Exchange},
+    model::ServerRef,
+    protocols::jsonrpc::Id,
+    stitch::SinkNeeds,
+};
 
 /// Command-line options of the sinks (flattened into the agent's).
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -82,81 +88,12 @@ pub enum SinkError {
     },
 }
 
-/// A W3C `traceparent`: the caller's trace and span.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TraceParent {
-    pub trace_id: [u8; 16],
-    pub parent_span_id: [u8; 8],
-    pub flags: u8,
-}
-
-impl TraceParent {
-    /// Parses `00-<32 hex>-<16 hex>-<2 hex>` (a later version may append fields); `None`
-    /// for anything malformed or an all-zero id, as the W3C spec says.
-    pub fn parse(text: &str) -> Option<Self> {
-        let text = text.trim();
-        let mut parts = text.split('-');
-        let version = parts.next()?;
-        let (trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?);
-        if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
-            return None;
-        }
-        let trace_id: [u8; 16] = hex_bytes(trace)?;
-        let parent_span_id: [u8; 8] = hex_bytes(span)?;
-        let [flags] = hex_bytes::<1>(flags)?;
-        hex_bytes::<1>(version)?;
-        if trace_id == [0; 16] || parent_span_id == [0; 8] {
-            return None;
-        }
-        Some(Self {
-            trace_id,
-            parent_span_id,
-            flags,
-        })
-    }
-}
-
-fn hex_bytes<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes.iter().fold(String::new(), |mut s, b| {
         let _ = write!(s, "{b:02x}");
         s
     })
-}
-
-/// What the correlator keeps about a pending request only for the sinks (allocated only
-/// when a sink is on).
-#[derive(Debug, Clone, Default)]
-pub struct RequestContext {
-    /// The observing process.
-    pub pid: u32,
-    /// The MCP client's process, when known: the observer on the client side, the process
-    /// writing into the server's stdin pipe on the server side.
-    pub client_pid: Option<u32>,
-    pub request_id: String,
-    /// `clientInfo.name`, from the request or its session.
-    pub client_name: Option<String>,
-    /// `uid:N` of the local client process or `cred:<hash>` of the HTTP credential.
-    pub user: Option<String>,
-    pub protocol_version: Option<String>,
-    /// The resource URI of `resources/read` and `resources/(un)subscribe`, without its
-    /// user info, query and fragment.
-    pub resource: Option<String>,
-    pub trace: Option<TraceParent>,
-    pub tracestate: Option<String>,
-    /// The redacted, capped request JSON (payload capture only).
-    pub payload: Option<Box<str>>,
 }
 
 /// A completed exchange as one side saw it.
@@ -396,6 +333,94 @@ impl Sinks {
     }
 }
 
+impl Sinks {
+    /// What the stitcher must keep per request for these sinks.
+    pub fn needs(&self) -> SinkNeeds {
+        SinkNeeds {
+            context: true,
+            capture: self.capture.clone(),
+        }
+    }
+}
+
+/// The sinks take completed exchanges (and, when asked, notifications) from the stitcher.
+impl Consumer for Sinks {
+    fn consume(&mut self, event: &mut Event) {
+        match event {
+            Event::Exchange(x) => {
+                if let Some(context) = &x.request.context {
+                    self.on_request(&completed(x, context));
+                }
+            }
+            Event::Notification {
+                side,
+                server,
+                method,
+                transport,
+                tgid,
+                ts_ns,
+                size,
+            } if self.wants_notifications() => {
+                self.on_notification(&NotificationEvent {
+                    side: side.label(),
+                    server,
+                    transport: transport.label(),
+                    method,
+                    ts_ns: *ts_ns,
+                    bytes: *size,
+                    pid: *tgid,
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The sinks' view of a completed exchange: the metrics' labels plus the request's
+/// context.
+fn completed<'a>(x: &'a Exchange, context: &'a RequestContext) -> CompletedRequest<'a> {
+    let p = &x.request;
+    let (outcome, error_type) = x.ending.labels();
+    let (end_ns, response_bytes, response_payload) = match &x.ending {
+        Ending::Response {
+            size,
+            duration_s,
+            payload,
+            ..
+        } => (
+            p.ts_ns.saturating_add((duration_s * 1e9) as u64),
+            Some(*size),
+            payload.as_deref(),
+        ),
+        Ending::Cancelled { at_ns } | Ending::Timeout { at_ns } => (*at_ns, None, None),
+    };
+    CompletedRequest {
+        side: x.side.label(),
+        server: &x.server,
+        server_pid: match &x.server_ref {
+            Some(ServerRef::Process(tgid)) => Some(*tgid),
+            _ => None,
+        },
+        server_address: match &x.server_ref {
+            Some(ServerRef::Endpoint(address)) => Some(address),
+            _ => None,
+        },
+        transport: p.transport.label(),
+        method: &p.method,
+        tool: p.tool.as_deref(),
+        prompt: p.prompt.as_deref(),
+        session: p.session.as_deref(),
+        start_ns: p.ts_ns,
+        end_ns: end_ns.max(p.ts_ns),
+        outcome,
+        error_type,
+        request_bytes: p.size,
+        response_bytes,
+        response_payload,
+        context,
+    }
+}
+
 /// Converts kernel timestamps (CLOCK_MONOTONIC) to Unix time, with the offset between the
 /// two clocks read now (so a clock step or NTP slew is followed).
 #[derive(Debug, Clone, Copy)]
@@ -569,10 +594,10 @@ mod tests {
     #[test]
     fn the_correlator_logs_each_exchange_once_per_side() {
         use crate::{
-            correlate::{Correlator, CorrelatorConfig},
             metrics::Metrics,
             model::{Observation, StreamKey, Transport},
             protocols::jsonrpc::{parse, Parsed},
+            stitch::{StitchConfig, Stitcher},
         };
         use mcp_probe_common::Direction;
 
@@ -591,9 +616,9 @@ mod tests {
             ..Default::default()
         };
         let sinks = Sinks::start(&args, &mut registry).expect("sinks");
-        let mut c = Correlator::new(CorrelatorConfig::default(), metrics).with_sinks(sinks);
+        let mut c = Stitcher::recording(StitchConfig::default(), metrics, sinks);
         let send =
-            |c: &mut Correlator, tgid: u32, stream: u64, dir: Direction, ms: u64, text: &str| {
+            |c: &mut Stitcher, tgid: u32, stream: u64, dir: Direction, ms: u64, text: &str| {
                 let msg = match parse(text.as_bytes()) {
                     Ok(Parsed::Single(m)) => m,
                     other => panic!("{other:?}"),
@@ -616,7 +641,7 @@ mod tests {
                 c.on_message_bytes(&obs, msg, Some(text.as_bytes()));
             };
         // Both processes see every message: the writer first, then the reader.
-        let exchange = |c: &mut Correlator, ms: u64, request: &str, response: &str| {
+        let exchange = |c: &mut Stitcher, ms: u64, request: &str, response: &str| {
             send(c, 10, 1, Direction::Write, ms, request);
             send(c, 20, 1, Direction::Read, ms + 1, request);
             send(c, 20, 2, Direction::Write, ms + 5, response);

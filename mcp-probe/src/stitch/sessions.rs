@@ -4,16 +4,10 @@
 //! and ends with an HTTP DELETE, the close of its connection, the exit of either process,
 //! or 30 minutes without a message (then it is taken to have ended at its last message).
 
-use crate::HashMap;
-
-use crate::model::{ServerRef, StreamKey, Transport};
-
-/// A side of a session: the MCP client's view or the MCP server's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Role {
-    Client,
-    Server,
-}
+use crate::{
+    model::{ServerRef, Side, StreamKey, Transport},
+    HashMap,
+};
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SessionId {
@@ -25,7 +19,8 @@ pub enum SessionId {
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SessionKey {
-    pub role: Role,
+    /// The MCP client's view or the MCP server's.
+    pub role: Side,
     pub observer: u32,
     pub server: ServerRef,
     pub id: SessionId,
@@ -119,5 +114,47 @@ impl Sessions {
 
     pub fn iter(&self) -> impl Iterator<Item = (&SessionKey, &Session)> {
         self.live.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(observer: u32, id: SessionId) -> SessionKey {
+        SessionKey {
+            role: Side::Server,
+            observer,
+            server: ServerRef::Process(observer),
+            id,
+        }
+    }
+
+    #[test]
+    fn touch_starts_and_extends_end_selects() {
+        let mut s = Sessions::new(10);
+        let a = key(1, SessionId::Http("abc".into()));
+        assert!(s.touch(a.clone(), Transport::Tcp, 100).is_empty());
+        assert!(s.touch(a.clone(), Transport::Tcp, 50).is_empty());
+        assert!(s.touch(a.clone(), Transport::Tcp, 300).is_empty());
+        s.name_client(&a, "inspector".into());
+        assert_eq!(s.client_name(&a), Some("inspector"));
+        s.touch(key(2, SessionId::Channel), Transport::Pipe, 200);
+        let ended = s.end(|k| k.observer == 1);
+        assert_eq!(ended.len(), 1);
+        let (_, session) = &ended[0];
+        assert_eq!((session.start_ns, session.last_ns), (100, 300));
+        assert_eq!(s.iter().count(), 1);
+    }
+
+    #[test]
+    fn the_bound_ends_the_least_recently_active() {
+        let mut s = Sessions::new(2);
+        s.touch(key(1, SessionId::Channel), Transport::Pipe, 10);
+        s.touch(key(2, SessionId::Channel), Transport::Pipe, 5);
+        let evicted = s.touch(key(3, SessionId::Channel), Transport::Pipe, 20);
+        assert_eq!(evicted.len(), 1);
+        assert_eq!(evicted[0].0.observer, 2);
+        assert_eq!(s.iter().count(), 2);
     }
 }

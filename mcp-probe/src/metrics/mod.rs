@@ -5,12 +5,14 @@
 //! metrics are measured in the process that *sent* a request or notification, `server`
 //! metrics in the process that *received* it. The agent's own health is under `mcp_probe_`.
 
+mod label_sets;
+pub mod recorder;
+
+pub use label_sets::*;
+
 use std::sync::atomic::AtomicU64;
 
-use crate::HashSet;
-
 use prometheus_client::{
-    encoding::EncodeLabelSet,
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
@@ -26,98 +28,6 @@ pub const SIZE_BUCKETS: [f64; 11] = [
     67108864.0,
 ];
 
-/// Labels of one request's operation (duration histogram, response counters).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct OperationLabels {
-    pub mcp_server_name: String,
-    pub mcp_method_name: String,
-    pub gen_ai_tool_name: Option<String>,
-    pub gen_ai_prompt_name: Option<String>,
-    /// JSON-RPC error code, `tool_error`, or absent for success.
-    pub error_type: Option<String>,
-    pub network_transport: &'static str,
-}
-
-/// Labels of a request without its outcome.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    pub mcp_server_name: String,
-    pub mcp_method_name: String,
-    pub gen_ai_tool_name: Option<String>,
-    pub gen_ai_prompt_name: Option<String>,
-    pub network_transport: &'static str,
-}
-
-/// Labels of a response count.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResponseLabels {
-    pub mcp_server_name: String,
-    pub mcp_method_name: String,
-    pub gen_ai_tool_name: Option<String>,
-    pub gen_ai_prompt_name: Option<String>,
-    /// `ok`, `error` (JSON-RPC error) or `tool_error` (`isError: true`).
-    pub outcome: &'static str,
-    pub error_type: Option<String>,
-    pub network_transport: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct NotificationLabels {
-    pub mcp_server_name: String,
-    pub mcp_method_name: String,
-    pub network_transport: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TransportLabels {
-    pub network_transport: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ReasonLabels {
-    pub reason: &'static str,
-}
-
-/// `mcp_probe_evictions_total{what}`: what a limit pushed out.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WhatLabels {
-    pub what: &'static str,
-}
-
-/// `mcp_probe_kernel_events_total{event}`: kernel-side bookkeeping worth seeing.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EventLabels {
-    pub event: &'static str,
-}
-
-/// `mcp_probe_limit{limit}`: the configured bounds, so dashboards can compare usage to them.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LimitLabels {
-    pub limit: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct LabelNameLabels {
-    pub label: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct MapLabels {
-    pub map: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HookLabels {
-    /// `category:tracepoint`, e.g. `syscalls:sys_enter_read`.
-    pub hook: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct BuildInfoLabels {
-    pub version: &'static str,
-    pub kernel_release: String,
-}
-
 type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -126,26 +36,6 @@ fn duration_histogram() -> Histogram {
 
 fn size_histogram() -> Histogram {
     Histogram::new(SIZE_BUCKETS)
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ClientLabels {
-    pub mcp_server_name: String,
-    /// `clientInfo.name`, or `unknown` when the session's handshake was not seen.
-    pub client_name: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct UserLabels {
-    pub mcp_server_name: String,
-    /// `uid:N` for a local client process, `cred:<hash>` for an HTTP credential.
-    pub user: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SessionLabels {
-    pub mcp_server_name: String,
-    pub network_transport: &'static str,
 }
 
 /// One side's (sender's or receiver's) traffic metrics.
@@ -449,31 +339,6 @@ impl AgentMetrics {
     }
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HttpStatusLabels {
-    pub mcp_server_name: String,
-    /// `client` (the process that read the response) or `server` (the one that wrote it).
-    pub side: &'static str,
-    pub status_class: &'static str,
-    pub network_transport: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServerSideLabels {
-    pub mcp_server_name: String,
-    pub side: &'static str,
-    pub status: u16,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ConnectionErrorLabels {
-    pub mcp_server_name: String,
-    pub side: &'static str,
-    /// `reset`, `broken_pipe`, `timeout`, `aborted`, `unreachable`.
-    pub reason: &'static str,
-    pub network_transport: &'static str,
-}
-
 /// HTTP-level outcomes of MCP's HTTP transports.
 #[derive(Clone, Default)]
 pub struct HttpMetrics {
@@ -508,18 +373,6 @@ impl HttpMetrics {
         );
         m
     }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ServerLabels {
-    pub mcp_server_name: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ExitLabels {
-    pub mcp_server_name: String,
-    /// `exit_<code>` or `signal_<number>`.
-    pub status: String,
 }
 
 type F64Gauge = Gauge<f64, AtomicU64>;
@@ -682,137 +535,5 @@ impl AgentMetrics {
         self.limits
             .get_or_create(&LimitLabels { limit })
             .set(i64::try_from(value).unwrap_or(i64::MAX));
-    }
-}
-
-/// Caps the number of distinct label *combinations* (series) of a metric family: a
-/// combination seen before, or one that fits under the cap, is admitted; past the cap the
-/// caller folds the traffic-derived labels into `_other`. Each label is capped on its own
-/// by [`LabelCap`], but their product is what costs memory. Keeps 8 bytes per series.
-pub struct SeriesCap {
-    cap: usize,
-    seen: HashSet<u64>,
-    hasher: foldhash::fast::RandomState,
-}
-
-impl SeriesCap {
-    pub fn new(cap: usize) -> Self {
-        Self {
-            cap,
-            seen: HashSet::default(),
-            hasher: foldhash::fast::RandomState::default(),
-        }
-    }
-
-    /// True if the series `key` may be created (or already exists).
-    pub fn admit(&mut self, key: &impl std::hash::Hash) -> bool {
-        use std::hash::BuildHasher as _;
-        let hash = self.hasher.hash_one(key);
-        if self.seen.contains(&hash) {
-            return true;
-        }
-        if self.seen.len() >= self.cap {
-            return false;
-        }
-        self.seen.insert(hash);
-        true
-    }
-}
-
-/// Caps the number of distinct values a traffic-derived label may take; values past the cap
-/// become `_other`. Values are also cleaned: at most 128 bytes, no control characters, and
-/// `\` and `"` escaped (prometheus-client writes label values as they are, so an unescaped
-/// quote from a peer would break every scrape).
-pub struct LabelCap {
-    name: &'static str,
-    cap: usize,
-    seen: HashSet<String>,
-}
-
-pub const OTHER: &str = "_other";
-const MAX_LABEL_BYTES: usize = 128;
-
-impl LabelCap {
-    pub fn new(name: &'static str, cap: usize) -> Self {
-        Self {
-            name,
-            cap,
-            seen: HashSet::default(),
-        }
-    }
-
-    pub fn value(&mut self, raw: &str, overflow: &Family<LabelNameLabels, Counter>) -> String {
-        // The common case, a value seen before that needs no cleaning, allocates once.
-        if self.seen.contains(raw) && is_clean(raw) {
-            return raw.to_owned();
-        }
-        let clean = clean_label(raw);
-        if self.seen.contains(&clean) {
-            return clean;
-        }
-        if self.seen.len() >= self.cap {
-            overflow
-                .get_or_create(&LabelNameLabels { label: self.name })
-                .inc();
-            return OTHER.to_owned();
-        }
-        self.seen.insert(clean.clone());
-        clean
-    }
-}
-
-/// `raw` is its own cleaned form.
-fn is_clean(raw: &str) -> bool {
-    raw.len() <= MAX_LABEL_BYTES && !raw.chars().any(|c| c == '\\' || c == '"' || c.is_control())
-}
-
-fn clean_label(raw: &str) -> String {
-    let mut end = raw.len().min(MAX_LABEL_BYTES);
-    while !raw.is_char_boundary(end) {
-        end -= 1;
-    }
-    let mut clean = String::with_capacity(end);
-    for c in raw[..end].chars() {
-        match c {
-            '\\' | '"' => {
-                clean.push('\\');
-                clean.push(c);
-            }
-            c if c.is_control() => clean.push('?'),
-            c => clean.push(c),
-        }
-    }
-    clean
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_cap_buckets_overflow_and_cleans_values() {
-        let overflow = Family::<LabelNameLabels, Counter>::default();
-        let mut cap = LabelCap::new("gen_ai_tool_name", 2);
-        assert_eq!(cap.value("a", &overflow), "a");
-        assert_eq!(cap.value("b\n", &overflow), "b?");
-        assert_eq!(
-            LabelCap::new("x", 10).value(r#"unix:/tmp/a"b\c"#, &overflow),
-            r#"unix:/tmp/a\"b\\c"#,
-            "quotes and backslashes are escaped for the exposition format"
-        );
-        assert_eq!(cap.value("a", &overflow), "a");
-        assert_eq!(cap.value("c", &overflow), OTHER);
-        assert_eq!(
-            overflow
-                .get_or_create(&LabelNameLabels {
-                    label: "gen_ai_tool_name"
-                })
-                .get(),
-            1
-        );
-        let long = "é".repeat(100);
-        let mut cap = LabelCap::new("x", 10);
-        let v = cap.value(&long, &overflow);
-        assert!(v.len() <= MAX_LABEL_BYTES && v.chars().all(|c| c == 'é'));
     }
 }

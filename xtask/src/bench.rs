@@ -361,7 +361,7 @@ fn header(report: &mut String, opts: &Options) -> Result<()> {
            exchanges talk to a minimal native echo server (`mcp-bench stdio-server`, \
            `http-server`) after an `initialize` handshake.\n\
          - This is a 2-core VM: compare with and without in one run, not absolute figures \
-           across machines (`../shared/KERNEL-COSTS.md` has the floor costs of this machine \
+           across machines (`docs/platform.md` has the floor costs of this machine \
            class).\n",
         kernel.trim(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),

@@ -15,6 +15,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 
 #[derive(Parser)]
 #[command(about = "mcp-probe developer commands")]
@@ -36,6 +37,13 @@ enum Cmd {
         debug: bool,
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Run one real MCP stdio session (Python SDK 2.x) for a running agent to measure, and
+    /// show what it counted. Installs only that SDK, into tests/.mcp-env/py2, when missing.
+    Demo {
+        /// Where the agent serves /metrics.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        agent: String,
     },
     /// Run every test: formatting, lints, unit tests, and the root integration tests that
     /// load the eBPF programs and drive real MCP SDKs.
@@ -156,6 +164,7 @@ fn main() -> Result<()> {
                 fuzz(&root, fuzz_seconds, None)?;
             }
         }
+        Cmd::Demo { agent } => demo::demo(&root, &agent)?,
         Cmd::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref())?,
         Cmd::Bench {
             rounds,

@@ -7,7 +7,7 @@
 
 /// Name of the ring buffer carrying [`EventHeader`] records followed by payload bytes.
 pub const EVENTS_MAP: &str = "EVENTS";
-/// Default ring buffer size in bytes (power of two). See KERNEL-COSTS.md rule 7: 8 MiB
+/// Default ring buffer size in bytes (power of two). See docs/platform.md, design rule 7: 8 MiB
 /// holds 20 ms of a 400 MB/s capture, and the agent is woken at --wakeup-bytes (1 MiB).
 /// The agent maps the ring twice (for wrap-around), so it shows as twice its size in the
 /// agent's resident memory.

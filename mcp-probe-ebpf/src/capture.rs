@@ -289,7 +289,7 @@ fn wakeup_flags(record_bytes: u64) -> u64 {
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     stats::max(Stat::RingHighWater, avail);
     let threshold = wakeup_bytes();
-    // Only the record that crosses the threshold wakes the agent (KERNEL-COSTS rule 5).
+    // Only the record that crosses the threshold wakes the agent (docs/platform.md, design rule 5).
     if avail >= threshold && avail.saturating_sub(record_bytes) < threshold {
         BPF_RB_FORCE_WAKEUP as u64
     } else {

@@ -314,7 +314,7 @@ What remains is mostly the inherent scan of each message (`serde_json`'s string
 skipping and the newline search, the top of the profile above) and the allocator.
 
 **How far to trust the exchange rows.** A round trip across CPUs costs about 70 µs here
-without the agent, not the 11 µs of KERNEL-COSTS.md: each direction wakes an idle vCPU,
+without the agent, not the 11 µs of the floor in docs/platform.md: each direction wakes an idle vCPU,
 which dominates. The agent keeps CPU 0 busier, which shortens those wake-ups, so the
 difference across CPUs understates the agent's cost and can come out negative (its ranges
 are wider than the effect). The same-CPU rows have no idle wake-up: their difference, a

@@ -11,6 +11,8 @@ use std::io::Read as _;
 
 use super::{sse::SseParser, Frame, Framer};
 
+pub mod exchange;
+
 /// Longest head accepted, through its blank line; a longer one is an error and the framer
 /// resynchronises.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;

@@ -38,13 +38,13 @@ use crate::{
     health::Health,
     metrics::{AgentMetrics, Metrics},
     model::StreamControl,
-    pipeline::{Pipeline, PipelineConfig},
     protocols::{
         http::{self, HttpEvent, HttpFramer},
         jsonl::{Frame, LineFramer},
         jsonrpc::{self, Id, Message, Parsed},
         sse::SseParser,
     },
+    stream::{Pipeline, PipelineConfig},
 };
 
 /// Allocation slack allowed over a framer's documented bound: the smallest allocation a

@@ -19,8 +19,8 @@ use mcp_probe::{
     correlate::{Correlator, CorrelatorConfig},
     health, loader,
     metrics::{self, BuildInfoLabels, Metrics},
-    pipeline::{Pipeline, PipelineConfig},
     privileges, reader, server, sinks,
+    stream::{Pipeline, PipelineConfig},
 };
 
 /// Measures MCP traffic of every process on this host from the kernel (eBPF) and serves

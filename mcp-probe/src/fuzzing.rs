@@ -37,7 +37,6 @@ use crate::{
     health::Health,
     metrics::{AgentMetrics, Metrics},
     model::StreamControl,
-    pipeline::{Pipeline, PipelineConfig},
     protocols::{
         http::{self, HttpEvent, HttpFramer},
         jsonl::{Frame, LineFramer},
@@ -45,6 +44,7 @@ use crate::{
         sse::SseParser,
     },
     stitch::{StitchConfig, Stitcher},
+    stream::{Pipeline, PipelineConfig},
 };
 
 /// Allocation slack allowed over a framer's documented bound: the smallest allocation a
@@ -893,7 +893,7 @@ pub fn pipeline(data: &[u8]) {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let agent: AgentMetrics = metrics.agent.clone();
-    let correlator = Stitcher::recording(StitchConfig::default(), metrics.clone(), None);
+    let stitcher = Stitcher::recording(StitchConfig::default(), metrics.clone(), None);
     let mut p = Pipeline::new(
         // Small bounds, so that eviction and the buffer budget are exercised too.
         PipelineConfig {
@@ -901,7 +901,7 @@ pub fn pipeline(data: &[u8]) {
             max_streams: 6,
             max_buffered_bytes: 3 * MAX,
         },
-        correlator,
+        stitcher,
         Health::new(metrics.health.clone()),
         metrics.agent,
         NoControl::default(),

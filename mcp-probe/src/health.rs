@@ -71,7 +71,7 @@ impl Health {
     }
 
     /// A watched process exited with wait(2) status `status`.
-    /// `server` is the name the correlator knows the process by if it served MCP: a
+    /// `server` is the name the stitcher knows the process by if it served MCP: a
     /// server that exits before the next sweep has listed it is still counted.
     pub fn on_exit(&mut self, tgid: u32, status: u32, server: Option<String>) {
         let Some(name) = self.names.remove(&tgid).or(server) else {

@@ -2,7 +2,7 @@
 //! series. The binary (`main.rs`) wires it to the kernel; the fuzz targets
 //! (`mcp-probe/fuzz`) and benchmarks drive the same code without one.
 //!
-//! Data flows one way: loader -> reader (ring buffer) -> decode -> pipeline (reassembly,
+//! Data flows one way: loader -> reader (ring buffer) -> decode -> stream (reassembly,
 //! framing, JSON-RPC) -> correlate (pairing) -> metrics -> server (/metrics), and from
 //! correlate to the sinks (request log, OTLP spans).
 //!
@@ -25,7 +25,6 @@ pub mod labels;
 pub mod loader;
 pub mod metrics;
 pub mod model;
-pub mod pipeline;
 pub mod privileges;
 pub mod protocols;
 #[cfg(feature = "kernel")]
@@ -34,6 +33,7 @@ pub mod server;
 pub mod sinks;
 pub mod sockets;
 pub mod stitch;
+pub mod stream;
 
 /// The maps of the per-record path. foldhash is several times faster than std's SipHash
 /// for the short keys used here (ids, pids, inode addresses) and is seeded at random per

@@ -18,9 +18,9 @@ use prometheus_client::registry::Registry;
 use mcp_probe::{
     health, loader,
     metrics::{self, BuildInfoLabels, Metrics},
-    pipeline::{Pipeline, PipelineConfig},
     privileges, reader, server, sinks,
     stitch::{StitchConfig, Stitcher},
+    stream::{Pipeline, PipelineConfig},
 };
 
 /// Measures MCP traffic of every process on this host from the kernel (eBPF) and serves
@@ -164,7 +164,7 @@ fn main() -> anyhow::Result<()> {
         ..
     } = loaded;
 
-    let correlator_config = StitchConfig {
+    let stitch_config = StitchConfig {
         request_timeout_ns: args.request_timeout_seconds.saturating_mul(1_000_000_000),
         max_methods: args.max_methods,
         max_tools: args.max_tools,
@@ -185,10 +185,10 @@ fn main() -> anyhow::Result<()> {
     };
     export_limits(&metrics.agent, &args);
     metrics.agent.init_loss_series();
-    let correlator = Stitcher::recording(correlator_config, metrics.clone(), sinks);
+    let stitcher = Stitcher::recording(stitch_config, metrics.clone(), sinks);
     let pipeline = Pipeline::new(
         pipeline_config,
-        correlator,
+        stitcher,
         health::Health::new(metrics.health.clone()),
         metrics.agent.clone(),
         streams,

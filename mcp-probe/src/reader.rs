@@ -17,7 +17,8 @@ use mcp_probe_common::Stat;
 use crate::{
     loader::KernelLog,
     metrics::{AgentMetrics, EventLabels, ReasonLabels},
-    pipeline::{Pipeline, StreamControl},
+    model::StreamControl,
+    stream::Pipeline,
 };
 
 pub struct ReaderConfig {

@@ -35,7 +35,7 @@ fn plain_http_download_never_reaches_userspace() {
         .spawn()
         .expect("start http.server");
     // Every record the agent receives is logged with its process id.
-    let agent = Agent::start_with_env(&[], "info,mcp_probe::pipeline=trace");
+    let agent = Agent::start_with_env(&[], "info,mcp_probe::stream=trace");
     std::thread::sleep(Duration::from_secs(1));
     let before = agent.scrape();
     let script = format!(

@@ -56,7 +56,7 @@ fn overload_loses_exactly_what_it_counts_and_resynchronises() {
             "--wakeup-bytes",
             "1073741824",
         ],
-        "info,mcp_probe::pipeline=trace",
+        "info,mcp_probe::stream=trace",
     );
     let s = run_hostile(&[
         "--scenario",

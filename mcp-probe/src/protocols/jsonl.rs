@@ -6,6 +6,8 @@
 //! past the cap but still reported with its exact length. After lost bytes the framer
 //! discards up to the next newline (resynchronises) rather than glue unrelated bytes.
 
+use super::Framer;
+
 /// A framed line.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Frame<'a> {
@@ -238,6 +240,58 @@ impl LineFramer {
         self.ends_cr = false;
         self.blank = true;
         self.resync = true;
+    }
+}
+
+/// The framer of a stream first seen mid-way (see [`LineFramer::new_mid_stream`]).
+pub fn framer(first_bytes: &[u8], max_message_bytes: usize) -> Box<dyn Framer> {
+    Box::new(LineFramer::new_mid_stream(max_message_bytes, first_bytes))
+}
+
+/// The JSON-lines framer behind the protocol contract.
+impl Framer for LineFramer {
+    fn push(&mut self, bytes: &[u8], ts_ns: u64, emit: &mut dyn FnMut(super::Frame<'_>)) {
+        LineFramer::push(self, bytes, ts_ns, &mut |frame| {
+            emit(match frame {
+                Frame::Message { bytes, last_ts, .. } => super::Frame::Message {
+                    bytes,
+                    ts_ns: last_ts,
+                    sse_event: None,
+                },
+                Frame::Oversized { len, .. } => super::Frame::Oversized { len },
+            })
+        });
+    }
+
+    /// A write that starts like a message starts one (one message per write() in every
+    /// SDK): nothing needs to be skipped. Reads split the stream anywhere.
+    fn lost(&mut self, resume_at: Option<&[u8]>) {
+        LineFramer::lost(self);
+        if resume_at.is_some_and(starts_message) {
+            self.at_message_start();
+        }
+    }
+
+    fn hole(&mut self, len: u64) {
+        LineFramer::hole(self, len);
+    }
+
+    fn close(&mut self, _ts_ns: u64, _emit: &mut dyn FnMut(super::Frame<'_>)) {}
+
+    fn buffered_bytes(&self) -> usize {
+        LineFramer::buffered_bytes(self)
+    }
+
+    fn pending_bytes(&self) -> u64 {
+        LineFramer::pending_bytes(self)
+    }
+
+    fn shed(&mut self) {
+        LineFramer::shed(self);
+    }
+
+    fn resync_discarded_bytes(&self) -> u64 {
+        self.counters.resync_discarded_bytes
     }
 }
 

@@ -1,4 +1,4 @@
-//! Sinks: where completed requests go besides the metrics. The correlator hands each
+//! Sinks: where completed requests go besides the metrics. The stitcher hands each
 //! completed exchange (and, optionally, each notification) to [`Sinks`] as a typed event;
 //! each sink turns it into its own format on the reader thread (a JSON line, an OTLP span)
 //! and hands it to its own writer thread through a bounded queue. The reader thread never
@@ -244,7 +244,7 @@ const LOG_QUEUE: usize = 8192;
 /// Spans queued for the OTLP exporter.
 const SPAN_QUEUE: usize = 8192;
 
-/// The configured sinks, owned by the correlator.
+/// The configured sinks, owned by the stitcher (as one of its event consumers).
 pub struct Sinks {
     log: Option<Worker<Vec<u8>>>,
     otlp: Option<Worker<otlp::SpanRecord>>,
@@ -589,10 +589,10 @@ mod tests {
         assert_ne!(ids.trace_id(), ids.trace_id());
     }
 
-    /// The correlator fed a stdio session seen by both processes (client 10 writes stream
+    /// The stitcher fed a stdio session seen by both processes (client 10 writes stream
     /// 1 and reads stream 2; server 20 the other way round) writes one line per side.
     #[test]
-    fn the_correlator_logs_each_exchange_once_per_side() {
+    fn the_stitcher_logs_each_exchange_once_per_side() {
         use crate::{
             metrics::Metrics,
             model::{Observation, StreamKey, Transport},

@@ -9,7 +9,9 @@
 
 use std::io::Read as _;
 
-use super::sse::SseParser;
+use super::{sse::SseParser, Frame, Framer};
+
+pub mod exchange;
 
 /// Longest head accepted, through its blank line; a longer one is an error and the framer
 /// resynchronises.
@@ -252,7 +254,7 @@ impl HttpFramer {
                         }
                     }
                     let take = data.len().min(MAX_HEAD_BYTES - before);
-                    super::extend_capped(buf, &data[..take], MAX_HEAD_BYTES);
+                    crate::protocols::extend_capped(buf, &data[..take], MAX_HEAD_BYTES);
                     // Only the new bytes (and the 3 before them) can complete the blank line.
                     let from = before.saturating_sub(3);
                     let Some(end) = find(&buf[from..], b"\r\n\r\n").map(|i| from + i + 4) else {
@@ -422,7 +424,7 @@ fn feed(kind: &mut BodyKind, body: &[u8], max: usize, emit: &mut impl FnMut(Http
                 *over = true;
                 *buf = Vec::new();
             } else if !*over {
-                super::extend_capped(buf, body, max);
+                crate::protocols::extend_capped(buf, body, max);
             }
         }
         BodyKind::Sse(parser) => parser.push(body, &mut |e| match e {
@@ -534,6 +536,63 @@ fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// The framer of a stream that starts with an HTTP head.
+pub fn framer(_first_bytes: &[u8], max_body_bytes: usize) -> Box<dyn Framer> {
+    Box::new(HttpFramer::new(max_body_bytes))
+}
+
+/// The HTTP framer behind the protocol contract. A loss, known or not, abandons the message
+/// in progress: a body cannot be resumed without its framing.
+impl Framer for HttpFramer {
+    fn push(&mut self, bytes: &[u8], ts_ns: u64, emit: &mut dyn FnMut(Frame<'_>)) {
+        HttpFramer::push(self, bytes, &mut |e| emit(Frame::from_http(e, ts_ns)));
+    }
+
+    fn lost(&mut self, _resume_at: Option<&[u8]>) {
+        HttpFramer::lost(self);
+    }
+
+    fn hole(&mut self, _len: u64) {
+        HttpFramer::lost(self);
+    }
+
+    fn close(&mut self, ts_ns: u64, emit: &mut dyn FnMut(Frame<'_>)) {
+        HttpFramer::close(self, &mut |e| emit(Frame::from_http(e, ts_ns)));
+    }
+
+    fn buffered_bytes(&self) -> usize {
+        HttpFramer::buffered_bytes(self)
+    }
+
+    fn pending_bytes(&self) -> u64 {
+        HttpFramer::pending_bytes(self)
+    }
+
+    fn shed(&mut self) {
+        HttpFramer::shed(self);
+    }
+
+    fn ends_with_connection(&self) -> bool {
+        true
+    }
+}
+
+impl<'a> Frame<'a> {
+    fn from_http(e: HttpEvent<'a>, ts_ns: u64) -> Self {
+        match e {
+            HttpEvent::Head(head) => Frame::Head(head),
+            HttpEvent::Message { bytes, sse_event } => Frame::Message {
+                bytes,
+                ts_ns,
+                sse_event,
+            },
+            HttpEvent::Unparsable { reason } => Frame::Unparsable(reason),
+            HttpEvent::End => Frame::End,
+            HttpEvent::Invalid => Frame::Invalid,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -320,7 +320,7 @@ impl Correlator {
             prompts: LabelCap::new("gen_ai_prompt_name", config.max_prompts),
             servers: LabelCap::new("mcp_server_name", config.max_servers),
             metrics,
-            processes: Processes::default(),
+            processes: Processes::new(std::sync::Arc::new(crate::host::ProcHost)),
             pending: HashMap::default(),
             pending_count: 0,
             next_seq: 0,

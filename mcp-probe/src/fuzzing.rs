@@ -902,7 +902,10 @@ pub fn pipeline(data: &[u8]) {
             max_buffered_bytes: 3 * MAX,
         },
         correlator,
-        Health::new(metrics.health.clone()),
+        Health::new(
+            metrics.health.clone(),
+            std::sync::Arc::new(crate::host::ProcHost),
+        ),
         metrics.agent,
         NoControl::default(),
     );

@@ -1,5 +1,5 @@
 //! Health of the MCP server processes the agent has identified, and of the agent itself,
-//! read from /proc with `procfs` on the sweep.
+//! read from the host (/proc, through [`Host`]) on the sweep.
 //!
 //! Per server name: the number of live processes, the youngest one's uptime (a restart
 //! loop shows as an uptime that keeps falling back), the sum of their resident memory,
@@ -9,42 +9,23 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use crate::metrics::{ExitLabels, HealthMetrics, ServerLabels};
+use crate::{
+    host::Host,
+    metrics::{ExitLabels, HealthMetrics, ServerLabels},
+};
 
 /// A server process appearing within this long of one of its name exiting is a restart.
 const RESTART_WINDOW: Duration = Duration::from_secs(300);
 
-/// What one sweep learns about a process.
-struct Sample {
-    start_ticks: u64,
-    cpu_ticks: u64,
-    rss_bytes: u64,
-    fds: u64,
-    threads: u64,
-}
-
-fn sample(tgid: u32) -> Option<Sample> {
-    let p = procfs::process::Process::new(tgid as i32).ok()?;
-    let stat = p.stat().ok()?;
-    Some(Sample {
-        start_ticks: stat.starttime,
-        cpu_ticks: stat.utime + stat.stime,
-        rss_bytes: stat.rss * procfs::page_size(),
-        fds: p.fd_count().map(|n| n as u64).unwrap_or(0),
-        threads: stat.num_threads.max(0) as u64,
-    })
-}
-
-fn uptime_since_boot() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/uptime").ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
 pub struct Health {
     metrics: HealthMetrics,
+    /// Where the samples are read.
+    host: Arc<dyn Host>,
+    /// Clock ticks per second: the unit of the samples' start and CPU times.
     ticks: f64,
     /// tgid -> (start time, CPU ticks at the previous sweep), to turn CPU time into a counter.
     last_cpu: HashMap<u32, (u64, u64)>,
@@ -58,10 +39,11 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(metrics: HealthMetrics) -> Self {
+    pub fn new(metrics: HealthMetrics, host: Arc<dyn Host>) -> Self {
         Self {
             metrics,
-            ticks: procfs::ticks_per_second() as f64,
+            ticks: host.clock_ticks_per_second() as f64,
+            host,
             last_cpu: HashMap::new(),
             exported: HashSet::new(),
             names: HashMap::new(),
@@ -119,7 +101,7 @@ impl Health {
             .retain(|tgid, _| servers.iter().any(|(t, _)| t == tgid));
         self.recent_exits
             .retain(|_, at| at.elapsed() < RESTART_WINDOW);
-        let now = uptime_since_boot().unwrap_or(0.0);
+        let now = self.host.uptime_since_boot().unwrap_or(0.0);
         #[derive(Default)]
         struct Totals {
             processes: i64,
@@ -132,7 +114,9 @@ impl Health {
         let mut by_name: HashMap<&str, Totals> = HashMap::new();
         let mut seen = HashSet::new();
         for (tgid, name) in servers {
-            let Some(s) = sample(*tgid) else { continue };
+            let Some(s) = self.host.process_sample(*tgid) else {
+                continue;
+            };
             seen.insert(*tgid);
             let t = by_name.entry(name.as_str()).or_default();
             t.processes += 1;
@@ -184,7 +168,7 @@ impl Health {
     }
 
     fn update_agent(&mut self) {
-        let Some(s) = sample(std::process::id()) else {
+        let Some(s) = self.host.agent_sample() else {
             return;
         };
         let m = &self.metrics;

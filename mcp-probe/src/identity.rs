@@ -2,12 +2,15 @@
 //! derived from its executable and arguments for processes whose handshake the agent never
 //! saw (servers started before the agent, or the 2026-07-28 stateless protocol).
 
-use crate::HashMap;
+use std::sync::Arc;
+
+use crate::{host::Host, HashMap};
 
 /// Per-process identity cache, keyed by tgid and checked against the process start time
 /// so a reused pid never inherits an old name.
-#[derive(Default)]
 pub struct Processes {
+    /// Where command lines and start times are read.
+    host: Arc<dyn Host>,
     by_tgid: HashMap<u32, ProcessInfo>,
 }
 
@@ -17,6 +20,13 @@ struct ProcessInfo {
 }
 
 impl Processes {
+    pub fn new(host: Arc<dyn Host>) -> Self {
+        Self {
+            host,
+            by_tgid: HashMap::default(),
+        }
+    }
+
     /// The name derived from the process's command line (or its comm).
     pub fn server_name(&mut self, tgid: u32) -> String {
         self.info(tgid, "").derived_name.clone()
@@ -30,13 +40,19 @@ impl Processes {
     /// The process still runs and is the one we know (not a reused pid).
     pub fn is_alive(&self, tgid: u32) -> bool {
         let known = self.by_tgid.get(&tgid).map(|i| i.start_time);
-        let now = read_start_time(tgid);
+        let now = self.host.process_start_time(tgid);
         now.is_some() && known.is_none_or(|k| k == now)
     }
 
     fn info(&mut self, tgid: u32, comm: &str) -> &mut ProcessInfo {
+        let host = &self.host;
         self.by_tgid.entry(tgid).or_insert_with(|| {
-            let (cmdline, start_time) = read_proc(tgid);
+            // The start time first: should the pid be reused between the two reads, the
+            // name belongs to a process younger than the start time kept, so the next
+            // sweep (which compares start times) forgets it and the name is read again;
+            // the other order would pin the old process's name on the new one.
+            let start_time = host.process_start_time(tgid);
+            let cmdline = host.process_cmdline(tgid).unwrap_or_default();
             let derived_name = derive_name(&cmdline).unwrap_or_else(|| {
                 if comm.is_empty() {
                     format!("pid-{tgid}")
@@ -60,27 +76,12 @@ impl Processes {
 
     /// Forgets processes that exited or whose pid now belongs to another process.
     pub fn sweep(&mut self) {
+        let host = &self.host;
         self.by_tgid.retain(|&tgid, info| {
-            let now = read_start_time(tgid);
+            let now = host.process_start_time(tgid);
             now.is_some() && now == info.start_time
         });
     }
-}
-
-fn read_start_time(tgid: u32) -> Option<u64> {
-    procfs::process::Process::new(tgid as i32)
-        .ok()?
-        .stat()
-        .ok()
-        .map(|s| s.starttime)
-}
-
-fn read_proc(tgid: u32) -> (Vec<String>, Option<u64>) {
-    let Ok(p) = procfs::process::Process::new(tgid as i32) else {
-        return (Vec::new(), None);
-    };
-    let cmdline = p.cmdline().unwrap_or_default();
-    (cmdline, p.stat().ok().map(|s| s.starttime))
 }
 
 /// Programs that run a script or package named by a later argument.

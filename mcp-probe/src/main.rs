@@ -189,7 +189,7 @@ fn main() -> anyhow::Result<()> {
     let pipeline = Pipeline::new(
         pipeline_config,
         correlator,
-        health::Health::new(metrics.health.clone()),
+        health::Health::new(metrics.health.clone(), Arc::new(mcp_probe::host::ProcHost)),
         metrics.agent.clone(),
         streams,
     );

@@ -156,7 +156,7 @@ impl<C: StreamControl> Pipeline<C> {
             views: HashMap::default(),
             http_in_flight: HashMap::default(),
             sockets: HashMap::default(),
-            servers: sockets::Servers::default(),
+            servers: sockets::Servers::new(std::sync::Arc::new(crate::host::ProcHost)),
             correlator,
             health,
             watched: HashSet::default(),
@@ -238,7 +238,7 @@ impl<C: StreamControl> Pipeline<C> {
                     let info = sockets_seen
                         .get(&stream)
                         .cloned()
-                        .unwrap_or_else(|| sockets::lookup(r.tgid, r.ino));
+                        .unwrap_or_else(|| sockets::lookup(&crate::host::ProcHost, r.tgid, r.ino));
                     (
                         info.transport,
                         info.peer.map(|addr| servers.resolve(r.tgid, addr)),
@@ -590,7 +590,7 @@ impl<C: StreamControl> Pipeline<C> {
                     .sockets
                     .get(&stream)
                     .cloned()
-                    .unwrap_or_else(|| sockets::lookup(r.tgid, r.ino));
+                    .unwrap_or_else(|| sockets::lookup(&crate::host::ProcHost, r.tgid, r.ino));
                 let peer = info.peer.map(|p| self.servers.resolve(r.tgid, p));
                 (peer.is_some(), info.transport, peer)
             }
@@ -1081,7 +1081,10 @@ mod tests {
             Pipeline::new(
                 config,
                 correlator,
-                Health::new(metrics.health.clone()),
+                Health::new(
+                    metrics.health.clone(),
+                    std::sync::Arc::new(crate::host::ProcHost),
+                ),
                 metrics.agent,
                 Ignored::default(),
             ),

@@ -178,3 +178,87 @@ impl Health {
         self.agent_cpu_ticks = s.cpu_ticks;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{FakeHost, ProcessSample};
+
+    fn labels(name: &str) -> ServerLabels {
+        ServerLabels {
+            mcp_server_name: name.to_owned(),
+        }
+    }
+
+    fn sample(start_ticks: u64, cpu_ticks: u64) -> ProcessSample {
+        ProcessSample {
+            start_ticks,
+            cpu_ticks,
+            rss_bytes: 10 << 20,
+            fds: 12,
+            threads: 3,
+        }
+    }
+
+    #[test]
+    fn sums_the_samples_of_a_servers_live_processes() {
+        let host = Arc::new(FakeHost::new());
+        host.set_ticks_per_second(100);
+        host.set_uptime(1_000.0);
+        // Two processes of one server, started 500 s and 900 s after boot.
+        host.set_sample(10, sample(50_000, 1_000));
+        host.set_sample(11, sample(90_000, 2_000));
+        host.set_agent_sample(ProcessSample {
+            rss_bytes: 30 << 20,
+            cpu_ticks: 250,
+            ..ProcessSample::default()
+        });
+        let metrics = HealthMetrics::default();
+        let mut health = Health::new(metrics.clone(), host.clone());
+        let servers = [(10, "weather".to_owned()), (11, "weather".to_owned())];
+        health.update(&servers);
+
+        let weather = labels("weather");
+        assert_eq!(metrics.processes.get(&weather).map(|g| g.get()), Some(2));
+        // The youngest process's uptime.
+        assert_eq!(metrics.uptime.get(&weather).map(|g| g.get()), Some(100.0));
+        assert_eq!(
+            metrics.resident_memory.get(&weather).map(|g| g.get()),
+            Some(20 << 20)
+        );
+        assert_eq!(metrics.open_fds.get(&weather).map(|g| g.get()), Some(24));
+        assert_eq!(metrics.threads.get(&weather).map(|g| g.get()), Some(6));
+        // CPU time counts from the first sweep that sees a process.
+        assert_eq!(
+            metrics.cpu_seconds.get(&weather).map(|c| c.get()),
+            Some(0.0)
+        );
+        assert_eq!(metrics.agent_resident_memory.get(), 30 << 20);
+        assert_eq!(metrics.agent_cpu_seconds.get(), 2.5);
+
+        // A second sweep: 1.5 s and 0.5 s of CPU since; 11's pid was reused by a process
+        // of the same name meanwhile, whose CPU time counts from now.
+        host.set_sample(10, sample(50_000, 1_150));
+        host.set_sample(11, sample(95_000, 40));
+        host.set_agent_sample(ProcessSample {
+            cpu_ticks: 300,
+            ..ProcessSample::default()
+        });
+        health.update(&servers);
+        assert_eq!(
+            metrics.cpu_seconds.get(&weather).map(|c| c.get()),
+            Some(1.5)
+        );
+        assert_eq!(metrics.uptime.get(&weather).map(|g| g.get()), Some(50.0));
+        assert_eq!(metrics.agent_cpu_seconds.get(), 3.0);
+
+        // 11 exits: only the live process is counted. Then 10: the series go.
+        host.exit(11);
+        health.update(&servers);
+        assert_eq!(metrics.processes.get(&weather).map(|g| g.get()), Some(1));
+        host.exit(10);
+        health.update(&servers);
+        assert!(metrics.processes.get(&weather).is_none());
+        assert!(metrics.cpu_seconds.get(&weather).is_none());
+    }
+}

@@ -181,6 +181,73 @@ fn program_name(arg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::FakeHost;
+
+    fn processes() -> (Arc<FakeHost>, Processes) {
+        let host = Arc::new(FakeHost::new());
+        let processes = Processes::new(host.clone());
+        (host, processes)
+    }
+
+    #[test]
+    fn names_a_process_from_its_command_line_else_its_comm_else_its_pid() {
+        let (host, mut processes) = processes();
+        host.spawn(100, 5_000, &["uvx", "mcp-server-git", "--repository", "."]);
+        host.set_exists(101); // runs, but its command line cannot be read
+        processes.observe(100, "uvx");
+        processes.observe(101, "weather");
+        assert_eq!(processes.server_name(100), "mcp-server-git");
+        assert_eq!(processes.server_name(101), "weather");
+        // Neither a command line nor a comm: only the pid is left.
+        assert_eq!(processes.server_name(102), "pid-102");
+    }
+
+    #[test]
+    fn reads_a_command_line_once_while_the_process_lives() {
+        let (host, mut processes) = processes();
+        host.spawn(100, 5_000, &["python3", "-m", "weather_mcp"]);
+        processes.observe(100, "python3");
+        // exec() changes the command line, not the process: the name stays.
+        host.set_cmdline(100, &["/usr/bin/sleep", "10"]);
+        assert_eq!(processes.server_name(100), "weather_mcp");
+        assert!(processes.is_alive(100));
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_process_known_and_gets_its_own_name() {
+        let (host, mut processes) = processes();
+        host.spawn(100, 5_000, &["python3", "/srv/mcp/weather_server.py"]);
+        processes.observe(100, "python3");
+        assert_eq!(processes.server_name(100), "weather_server.py");
+
+        // The process exits and its pid goes to another one, started later.
+        host.exit(100);
+        assert!(!processes.is_alive(100));
+        host.spawn(100, 9_000, &["/opt/bin/github-mcp-server", "stdio"]);
+        assert!(!processes.is_alive(100), "another process holds the pid");
+        // Until a sweep, the old name is kept; the sweep compares start times.
+        assert_eq!(processes.server_name(100), "weather_server.py");
+        processes.sweep();
+        assert_eq!(processes.server_name(100), "github-mcp-server");
+        assert!(processes.is_alive(100));
+    }
+
+    #[test]
+    fn a_sweep_keeps_live_processes_and_forgets_exited_ones() {
+        let (host, mut processes) = processes();
+        host.spawn(100, 5_000, &["node", "/x/server-everything/dist/index.js"]);
+        host.spawn(200, 6_000, &["node", "/x/server-memory/dist/index.js"]);
+        processes.observe(100, "node");
+        processes.observe(200, "node");
+        host.exit(200);
+        processes.sweep();
+        // 100 is kept: changing its command line now does not rename it.
+        host.set_cmdline(100, &["bun", "other.js"]);
+        assert_eq!(processes.server_name(100), "server-everything");
+        // 200 was forgotten: asked again, it is read again (and is gone: its pid only).
+        assert_eq!(processes.server_name(200), "pid-200");
+        assert!(!processes.is_alive(200));
+    }
 
     fn name(cmd: &str) -> Option<String> {
         derive_name(&cmd.split(' ').map(str::to_owned).collect::<Vec<_>>())

@@ -145,3 +145,132 @@ impl Servers {
         server
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::FakeHost;
+
+    const CLIENT: u32 = 100;
+
+    fn tcp(addr: &str) -> SocketAddr {
+        addr.parse().expect("a literal address")
+    }
+
+    fn endpoint(name: &str) -> ServerRef {
+        ServerRef::Endpoint(Arc::from(name))
+    }
+
+    #[test]
+    fn lookup_tells_a_connected_socket_from_an_accepted_one() {
+        let host = FakeHost::new();
+        let remote = tcp("10.0.0.2:8080");
+        host.add_socket(
+            CLIENT,
+            11,
+            HostSocket::Tcp {
+                remote,
+                accepted: false,
+            },
+        );
+        host.add_socket(
+            CLIENT,
+            12,
+            HostSocket::Tcp {
+                remote: tcp("10.0.0.3:51000"),
+                accepted: true,
+            },
+        );
+        host.add_socket(CLIENT, 13, HostSocket::Unix);
+
+        let connected = lookup(&host, CLIENT, 11);
+        assert_eq!(connected.transport, Transport::Tcp);
+        assert_eq!(connected.peer, Some(Peer::Tcp(remote)));
+        // This end serves: its peer is a client, not a server to name.
+        let accepted = lookup(&host, CLIENT, 12);
+        assert_eq!(accepted.transport, Transport::Tcp);
+        assert_eq!(accepted.peer, None);
+        let unix = lookup(&host, CLIENT, 13);
+        assert_eq!(unix.transport, Transport::Unix);
+        assert_eq!(unix.peer, None);
+        // Closed already, or another process's: unix with no peer, as before.
+        for (tgid, ino) in [(CLIENT, 14), (CLIENT + 1, 11)] {
+            let unknown = lookup(&host, tgid, ino);
+            assert_eq!(unknown.transport, Transport::Unix);
+            assert_eq!(unknown.peer, None);
+        }
+    }
+
+    #[test]
+    fn resolve_names_a_local_listener_by_its_owner_else_the_address() {
+        let host = Arc::new(FakeHost::new());
+        // A server on every address of port 8080, one on 127.0.0.1:9000 only.
+        host.add_tcp_listener(CLIENT, tcp("0.0.0.0:8080"), 21);
+        host.set_socket_owner(21, 200);
+        host.add_tcp_listener(CLIENT, tcp("127.0.0.1:9000"), 22);
+        host.set_socket_owner(22, 300);
+        // A listener whose holder cannot be found (another user's descriptors).
+        host.add_tcp_listener(CLIENT, tcp("127.0.0.1:9100"), 23);
+        let mut servers = Servers::new(host.clone());
+
+        let resolve = |servers: &mut Servers, addr| servers.resolve(CLIENT, Peer::Tcp(tcp(addr)));
+        assert_eq!(
+            resolve(&mut servers, "127.0.0.1:8080"),
+            ServerRef::Process(200)
+        );
+        assert_eq!(
+            resolve(&mut servers, "127.0.0.1:9000"),
+            ServerRef::Process(300)
+        );
+        // Same port, another address: not that listener.
+        assert_eq!(
+            resolve(&mut servers, "10.0.0.2:9000"),
+            endpoint("10.0.0.2:9000")
+        );
+        assert_eq!(
+            resolve(&mut servers, "127.0.0.1:9100"),
+            endpoint("127.0.0.1:9100")
+        );
+        assert_eq!(
+            resolve(&mut servers, "[2001:db8::1]:443"),
+            endpoint("[2001:db8::1]:443")
+        );
+        // Listeners are looked up in the client's namespace, not another process's.
+        assert_eq!(
+            servers.resolve(CLIENT + 1, Peer::Tcp(tcp("127.0.0.2:8080"))),
+            endpoint("127.0.0.2:8080")
+        );
+    }
+
+    #[test]
+    fn resolve_names_a_unix_listener_by_its_owner_else_its_path() {
+        let host = Arc::new(FakeHost::new());
+        host.add_unix_listener(CLIENT, "/run/mcp/weather.sock", 31);
+        host.set_socket_owner(31, 400);
+        let mut servers = Servers::new(host);
+        assert_eq!(
+            servers.resolve(CLIENT, Peer::Unix("/run/mcp/weather.sock".into())),
+            ServerRef::Process(400)
+        );
+        assert_eq!(
+            servers.resolve(CLIENT, Peer::Unix("/run/mcp/gone.sock".into())),
+            endpoint("unix:/run/mcp/gone.sock")
+        );
+    }
+
+    #[test]
+    fn resolve_keeps_an_answer_for_a_while() {
+        let host = Arc::new(FakeHost::new());
+        host.add_tcp_listener(CLIENT, tcp("127.0.0.1:8080"), 21);
+        host.set_socket_owner(21, 200);
+        let mut servers = Servers::new(host.clone());
+        let peer = Peer::Tcp(tcp("127.0.0.1:8080"));
+        assert_eq!(
+            servers.resolve(CLIENT, peer.clone()),
+            ServerRef::Process(200)
+        );
+        // The host is not asked again within the cache's lifetime.
+        host.set_socket_owner(21, 201);
+        assert_eq!(servers.resolve(CLIENT, peer), ServerRef::Process(200));
+    }
+}

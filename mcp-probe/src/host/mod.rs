@@ -64,7 +64,8 @@ pub trait Host: Send + Sync {
     fn process_start_time(&self, tgid: u32) -> Option<u64>;
     /// The process's arguments (`argv`), to name a server that never announced a name.
     fn process_cmdline(&self, tgid: u32) -> Option<Vec<String>>;
-    /// The process's real uid, for the per-user label.
+    /// The user owning the process (the owner of `/proc/PID`: its effective uid), for the
+    /// per-user label.
     fn process_uid(&self, tgid: u32) -> Option<u32>;
     /// Resource use of a process, for the health series.
     fn process_sample(&self, tgid: u32) -> Option<ProcessSample>;

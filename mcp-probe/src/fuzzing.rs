@@ -861,6 +861,10 @@ impl StreamControl for NoControl {
     ) -> Vec<(&'static str, usize, usize)> {
         Vec::new()
     }
+    /// Its pids are above any real pid_max: none exists.
+    fn process_exists(&self, _tgid: u32) -> bool {
+        false
+    }
 }
 
 /// Streams the `pipeline` target writes to: two pipes and two sockets.
@@ -893,7 +897,10 @@ pub fn pipeline(data: &[u8]) {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     let agent: AgentMetrics = metrics.agent.clone();
-    let stitcher = Stitcher::recording(StitchConfig::default(), metrics.clone(), None);
+    let host: std::sync::Arc<dyn crate::host::Host> =
+        std::sync::Arc::new(crate::host::FakeHost::new());
+    let stitcher =
+        Stitcher::recording(StitchConfig::default(), metrics.clone(), None, host.clone());
     let mut p = Pipeline::new(
         // Small bounds, so that eviction and the buffer budget are exercised too.
         PipelineConfig {
@@ -902,9 +909,10 @@ pub fn pipeline(data: &[u8]) {
             max_buffered_bytes: 3 * MAX,
         },
         stitcher,
-        Health::new(metrics.health.clone()),
+        Health::new(metrics.health.clone(), host.clone()),
         metrics.agent,
         NoControl::default(),
+        host,
     );
     let mut c = Cursor(data);
     let mut now_ns: u64 = 1_000_000_000;

@@ -1,5 +1,5 @@
 //! Health of the MCP server processes the agent has identified, and of the agent itself,
-//! read from /proc with `procfs` on the sweep.
+//! read from the host (/proc, through [`Host`]) on the sweep.
 //!
 //! Per server name: the number of live processes, the youngest one's uptime (a restart
 //! loop shows as an uptime that keeps falling back), the sum of their resident memory,
@@ -9,42 +9,23 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use crate::metrics::{ExitLabels, HealthMetrics, ServerLabels};
+use crate::{
+    host::Host,
+    metrics::{ExitLabels, HealthMetrics, ServerLabels},
+};
 
 /// A server process appearing within this long of one of its name exiting is a restart.
 const RESTART_WINDOW: Duration = Duration::from_secs(300);
 
-/// What one sweep learns about a process.
-struct Sample {
-    start_ticks: u64,
-    cpu_ticks: u64,
-    rss_bytes: u64,
-    fds: u64,
-    threads: u64,
-}
-
-fn sample(tgid: u32) -> Option<Sample> {
-    let p = procfs::process::Process::new(tgid as i32).ok()?;
-    let stat = p.stat().ok()?;
-    Some(Sample {
-        start_ticks: stat.starttime,
-        cpu_ticks: stat.utime + stat.stime,
-        rss_bytes: stat.rss * procfs::page_size(),
-        fds: p.fd_count().map(|n| n as u64).unwrap_or(0),
-        threads: stat.num_threads.max(0) as u64,
-    })
-}
-
-fn uptime_since_boot() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/uptime").ok()?;
-    text.split_whitespace().next()?.parse().ok()
-}
-
 pub struct Health {
     metrics: HealthMetrics,
+    /// Where the samples are read.
+    host: Arc<dyn Host>,
+    /// Clock ticks per second: the unit of the samples' start and CPU times.
     ticks: f64,
     /// tgid -> (start time, CPU ticks at the previous sweep), to turn CPU time into a counter.
     last_cpu: HashMap<u32, (u64, u64)>,
@@ -58,10 +39,11 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn new(metrics: HealthMetrics) -> Self {
+    pub fn new(metrics: HealthMetrics, host: Arc<dyn Host>) -> Self {
         Self {
             metrics,
-            ticks: procfs::ticks_per_second() as f64,
+            ticks: host.clock_ticks_per_second() as f64,
+            host,
             last_cpu: HashMap::new(),
             exported: HashSet::new(),
             names: HashMap::new(),
@@ -119,7 +101,7 @@ impl Health {
             .retain(|tgid, _| servers.iter().any(|(t, _)| t == tgid));
         self.recent_exits
             .retain(|_, at| at.elapsed() < RESTART_WINDOW);
-        let now = uptime_since_boot().unwrap_or(0.0);
+        let now = self.host.uptime_since_boot().unwrap_or(0.0);
         #[derive(Default)]
         struct Totals {
             processes: i64,
@@ -132,7 +114,9 @@ impl Health {
         let mut by_name: HashMap<&str, Totals> = HashMap::new();
         let mut seen = HashSet::new();
         for (tgid, name) in servers {
-            let Some(s) = sample(*tgid) else { continue };
+            let Some(s) = self.host.process_sample(*tgid) else {
+                continue;
+            };
             seen.insert(*tgid);
             let t = by_name.entry(name.as_str()).or_default();
             t.processes += 1;
@@ -184,7 +168,7 @@ impl Health {
     }
 
     fn update_agent(&mut self) {
-        let Some(s) = sample(std::process::id()) else {
+        let Some(s) = self.host.agent_sample() else {
             return;
         };
         let m = &self.metrics;
@@ -192,5 +176,89 @@ impl Health {
         m.agent_cpu_seconds
             .inc_by(s.cpu_ticks.saturating_sub(self.agent_cpu_ticks) as f64 / self.ticks);
         self.agent_cpu_ticks = s.cpu_ticks;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::{FakeHost, ProcessSample};
+
+    fn labels(name: &str) -> ServerLabels {
+        ServerLabels {
+            mcp_server_name: name.to_owned(),
+        }
+    }
+
+    fn sample(start_ticks: u64, cpu_ticks: u64) -> ProcessSample {
+        ProcessSample {
+            start_ticks,
+            cpu_ticks,
+            rss_bytes: 10 << 20,
+            fds: 12,
+            threads: 3,
+        }
+    }
+
+    #[test]
+    fn sums_the_samples_of_a_servers_live_processes() {
+        let host = Arc::new(FakeHost::new());
+        host.set_ticks_per_second(100);
+        host.set_uptime(1_000.0);
+        // Two processes of one server, started 500 s and 900 s after boot.
+        host.set_sample(10, sample(50_000, 1_000));
+        host.set_sample(11, sample(90_000, 2_000));
+        host.set_agent_sample(ProcessSample {
+            rss_bytes: 30 << 20,
+            cpu_ticks: 250,
+            ..ProcessSample::default()
+        });
+        let metrics = HealthMetrics::default();
+        let mut health = Health::new(metrics.clone(), host.clone());
+        let servers = [(10, "weather".to_owned()), (11, "weather".to_owned())];
+        health.update(&servers);
+
+        let weather = labels("weather");
+        assert_eq!(metrics.processes.get(&weather).map(|g| g.get()), Some(2));
+        // The youngest process's uptime.
+        assert_eq!(metrics.uptime.get(&weather).map(|g| g.get()), Some(100.0));
+        assert_eq!(
+            metrics.resident_memory.get(&weather).map(|g| g.get()),
+            Some(20 << 20)
+        );
+        assert_eq!(metrics.open_fds.get(&weather).map(|g| g.get()), Some(24));
+        assert_eq!(metrics.threads.get(&weather).map(|g| g.get()), Some(6));
+        // CPU time counts from the first sweep that sees a process.
+        assert_eq!(
+            metrics.cpu_seconds.get(&weather).map(|c| c.get()),
+            Some(0.0)
+        );
+        assert_eq!(metrics.agent_resident_memory.get(), 30 << 20);
+        assert_eq!(metrics.agent_cpu_seconds.get(), 2.5);
+
+        // A second sweep: 1.5 s and 0.5 s of CPU since; 11's pid was reused by a process
+        // of the same name meanwhile, whose CPU time counts from now.
+        host.set_sample(10, sample(50_000, 1_150));
+        host.set_sample(11, sample(95_000, 40));
+        host.set_agent_sample(ProcessSample {
+            cpu_ticks: 300,
+            ..ProcessSample::default()
+        });
+        health.update(&servers);
+        assert_eq!(
+            metrics.cpu_seconds.get(&weather).map(|c| c.get()),
+            Some(1.5)
+        );
+        assert_eq!(metrics.uptime.get(&weather).map(|g| g.get()), Some(50.0));
+        assert_eq!(metrics.agent_cpu_seconds.get(), 3.0);
+
+        // 11 exits: only the live process is counted. Then 10: the series go.
+        host.exit(11);
+        health.update(&servers);
+        assert_eq!(metrics.processes.get(&weather).map(|g| g.get()), Some(1));
+        host.exit(10);
+        health.update(&servers);
+        assert!(metrics.processes.get(&weather).is_none());
+        assert!(metrics.cpu_seconds.get(&weather).is_none());
     }
 }

@@ -2,12 +2,15 @@
 //! derived from its executable and arguments for processes whose handshake the agent never
 //! saw (servers started before the agent, or the 2026-07-28 stateless protocol).
 
-use crate::HashMap;
+use std::sync::Arc;
+
+use crate::{host::Host, HashMap};
 
 /// Per-process identity cache, keyed by tgid and checked against the process start time
 /// so a reused pid never inherits an old name.
-#[derive(Default)]
 pub struct Processes {
+    /// Where command lines and start times are read.
+    host: Arc<dyn Host>,
     by_tgid: HashMap<u32, ProcessInfo>,
 }
 
@@ -17,6 +20,13 @@ struct ProcessInfo {
 }
 
 impl Processes {
+    pub fn new(host: Arc<dyn Host>) -> Self {
+        Self {
+            host,
+            by_tgid: HashMap::default(),
+        }
+    }
+
     /// The name derived from the process's command line (or its comm).
     pub fn server_name(&mut self, tgid: u32) -> String {
         self.info(tgid, "").derived_name.clone()
@@ -28,20 +38,21 @@ impl Processes {
     }
 
     /// The process still runs and is the one we know (not a reused pid).
-    /// The uid of process `tgid`.
-    pub fn uid(&self, tgid: u32) -> Option<u32> {
-        procfs::process::Process::new(tgid as i32).ok()?.uid().ok()
-    }
-
     pub fn is_alive(&self, tgid: u32) -> bool {
         let known = self.by_tgid.get(&tgid).map(|i| i.start_time);
-        let now = read_start_time(tgid);
+        let now = self.host.process_start_time(tgid);
         now.is_some() && known.is_none_or(|k| k == now)
     }
 
     fn info(&mut self, tgid: u32, comm: &str) -> &mut ProcessInfo {
+        let host = &self.host;
         self.by_tgid.entry(tgid).or_insert_with(|| {
-            let (cmdline, start_time) = read_proc(tgid);
+            // The start time first: should the pid be reused between the two reads, the
+            // name belongs to a process younger than the start time kept, so the next
+            // sweep (which compares start times) forgets it and the name is read again;
+            // the other order would pin the old process's name on the new one.
+            let start_time = host.process_start_time(tgid);
+            let cmdline = host.process_cmdline(tgid).unwrap_or_default();
             let derived_name = derive_name(&cmdline).unwrap_or_else(|| {
                 if comm.is_empty() {
                     format!("pid-{tgid}")
@@ -65,27 +76,12 @@ impl Processes {
 
     /// Forgets processes that exited or whose pid now belongs to another process.
     pub fn sweep(&mut self) {
+        let host = &self.host;
         self.by_tgid.retain(|&tgid, info| {
-            let now = read_start_time(tgid);
+            let now = host.process_start_time(tgid);
             now.is_some() && now == info.start_time
         });
     }
-}
-
-fn read_start_time(tgid: u32) -> Option<u64> {
-    procfs::process::Process::new(tgid as i32)
-        .ok()?
-        .stat()
-        .ok()
-        .map(|s| s.starttime)
-}
-
-fn read_proc(tgid: u32) -> (Vec<String>, Option<u64>) {
-    let Ok(p) = procfs::process::Process::new(tgid as i32) else {
-        return (Vec::new(), None);
-    };
-    let cmdline = p.cmdline().unwrap_or_default();
-    (cmdline, p.stat().ok().map(|s| s.starttime))
 }
 
 /// Programs that run a script or package named by a later argument.
@@ -185,6 +181,73 @@ fn program_name(arg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::host::FakeHost;
+
+    fn processes() -> (Arc<FakeHost>, Processes) {
+        let host = Arc::new(FakeHost::new());
+        let processes = Processes::new(host.clone());
+        (host, processes)
+    }
+
+    #[test]
+    fn names_a_process_from_its_command_line_else_its_comm_else_its_pid() {
+        let (host, mut processes) = processes();
+        host.spawn(100, 5_000, &["uvx", "mcp-server-git", "--repository", "."]);
+        host.set_exists(101); // runs, but its command line cannot be read
+        processes.observe(100, "uvx");
+        processes.observe(101, "weather");
+        assert_eq!(processes.server_name(100), "mcp-server-git");
+        assert_eq!(processes.server_name(101), "weather");
+        // Neither a command line nor a comm: only the pid is left.
+        assert_eq!(processes.server_name(102), "pid-102");
+    }
+
+    #[test]
+    fn reads_a_command_line_once_while_the_process_lives() {
+        let (host, mut processes) = processes();
+        host.spawn(100, 5_000, &["python3", "-m", "weather_mcp"]);
+        processes.observe(100, "python3");
+        // exec() changes the command line, not the process: the name stays.
+        host.set_cmdline(100, &["/usr/bin/sleep", "10"]);
+        assert_eq!(processes.server_name(100), "weather_mcp");
+        assert!(processes.is_alive(100));
+    }
+
+    #[test]
+    fn a_reused_pid_is_not_the_process_known_and_gets_its_own_name() {
+        let (host, mut processes) = processes();
+        host.spawn(100, 5_000, &["python3", "/srv/mcp/weather_server.py"]);
+        processes.observe(100, "python3");
+        assert_eq!(processes.server_name(100), "weather_server.py");
+
+        // The process exits and its pid goes to another one, started later.
+        host.exit(100);
+        assert!(!processes.is_alive(100));
+        host.spawn(100, 9_000, &["/opt/bin/github-mcp-server", "stdio"]);
+        assert!(!processes.is_alive(100), "another process holds the pid");
+        // Until a sweep, the old name is kept; the sweep compares start times.
+        assert_eq!(processes.server_name(100), "weather_server.py");
+        processes.sweep();
+        assert_eq!(processes.server_name(100), "github-mcp-server");
+        assert!(processes.is_alive(100));
+    }
+
+    #[test]
+    fn a_sweep_keeps_live_processes_and_forgets_exited_ones() {
+        let (host, mut processes) = processes();
+        host.spawn(100, 5_000, &["node", "/x/server-everything/dist/index.js"]);
+        host.spawn(200, 6_000, &["node", "/x/server-memory/dist/index.js"]);
+        processes.observe(100, "node");
+        processes.observe(200, "node");
+        host.exit(200);
+        processes.sweep();
+        // 100 is kept: changing its command line now does not rename it.
+        host.set_cmdline(100, &["bun", "other.js"]);
+        assert_eq!(processes.server_name(100), "server-everything");
+        // 200 was forgotten: asked again, it is read again (and is gone: its pid only).
+        assert_eq!(processes.server_name(200), "pid-200");
+        assert!(!processes.is_alive(200));
+    }
 
     fn name(cmd: &str) -> Option<String> {
         derive_name(&cmd.split(' ').map(str::to_owned).collect::<Vec<_>>())

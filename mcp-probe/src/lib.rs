@@ -17,6 +17,8 @@ pub mod events;
 /// replay their corpus.
 pub mod fuzzing;
 pub mod health;
+/// Every fact read about the host (processes, sockets), behind one interface tests fake.
+pub mod host;
 pub mod identity;
 #[cfg(feature = "kernel")]
 pub mod kernel_offsets;

@@ -138,9 +138,7 @@ pub trait StreamControl {
         gone: &mut dyn FnMut(u32) -> bool,
     ) -> Vec<(&'static str, usize, usize)>;
     /// The pid is in use (by this process or, after reuse, another: exit records tell).
-    fn process_exists(&self, tgid: u32) -> bool {
-        std::path::Path::new(&format!("/proc/{tgid}")).exists()
-    }
+    fn process_exists(&self, tgid: u32) -> bool;
 }
 
 #[cfg(test)]

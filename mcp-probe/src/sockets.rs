@@ -1,6 +1,7 @@
-//! What a socket is, from the /proc socket tables of the process's network namespace
-//! (`/proc/PID/net/{tcp,tcp6,unix}`, read with `procfs`): its transport, its addresses,
-//! and whether this end accepted the connection (server) or made it (client).
+//! What a socket is: its transport, its peer, and whether this end accepted the
+//! connection (server) or made it (client). From the record the kernel wrote when
+//! following started ([`from_kernel`]) or, failing that, from the host's socket tables as
+//! seen from the process's network namespace ([`lookup`], through [`Host`]).
 
 use std::{
     collections::HashMap,
@@ -13,9 +14,10 @@ use mcp_probe_common::{
     SocketInfo as KernelSocketInfo, AF_INET, AF_INET6, AF_UNIX, SOCKET_INFO_LEN, UNIX_PATH_LEN,
 };
 
-use procfs::net::TcpState;
-
-use crate::model::{ServerRef, Transport};
+use crate::{
+    host::{Host, HostSocket},
+    model::{ServerRef, Transport},
+};
 
 /// The other end of a socket.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -44,37 +46,20 @@ impl SocketInfo {
 
 /// Looks up socket inode `ino` as seen by process `tgid` (when the kernel's record of the
 /// socket was lost, or the stream was followed before this agent started).
-pub fn lookup(tgid: u32, ino: u64) -> SocketInfo {
-    let Ok(process) = procfs::process::Process::new(tgid as i32) else {
-        return SocketInfo::unknown();
-    };
-    let mut tcp = process.tcp().unwrap_or_default();
-    tcp.extend(process.tcp6().unwrap_or_default());
-    if let Some(entry) = tcp.iter().find(|e| e.inode == ino) {
-        let local = entry.local_address;
-        // Accepted connections share their local port with a listening socket.
-        let accepted = tcp
-            .iter()
-            .any(|e| e.state == TcpState::Listen && e.local_address.port() == local.port());
-        let peer = (!accepted).then_some(Peer::Tcp(entry.remote_address));
-        return SocketInfo {
+pub fn lookup(host: &dyn Host, tgid: u32, ino: u64) -> SocketInfo {
+    match host.socket(tgid, ino) {
+        Some(HostSocket::Tcp { remote, accepted }) => SocketInfo {
             transport: Transport::Tcp,
-            peer,
-        };
-    }
-    if let Some(entry) = process
-        .unix()
-        .unwrap_or_default()
-        .into_iter()
-        .find(|e| e.inode == ino)
-    {
-        let _ = entry;
-        return SocketInfo {
+            // This end serves an accepted connection: its peer is a client, not a server
+            // to name.
+            peer: (!accepted).then_some(Peer::Tcp(remote)),
+        },
+        Some(HostSocket::Unix) => SocketInfo {
             transport: Transport::Unix,
             peer: None,
-        };
+        },
+        None => SocketInfo::unknown(),
     }
-    SocketInfo::unknown()
 }
 
 /// From the identity the kernel read out of the socket when following started.
@@ -120,14 +105,22 @@ pub fn decode_kernel(payload: &[u8]) -> Option<KernelSocketInfo> {
 
 /// Names a server by address: the process listening on it when it is on this host (seen
 /// from `tgid`'s network namespace), else `host:port`. Cached for a while per address.
-#[derive(Default)]
 pub struct Servers {
+    /// Where listeners and their owners are looked up.
+    host: Arc<dyn Host>,
     cache: HashMap<Peer, (Instant, ServerRef)>,
 }
 
 const CACHE_FOR: Duration = Duration::from_secs(30);
 
 impl Servers {
+    pub fn new(host: Arc<dyn Host>) -> Self {
+        Self {
+            host,
+            cache: HashMap::new(),
+        }
+    }
+
     pub fn resolve(&mut self, tgid: u32, peer: Peer) -> ServerRef {
         if let Some((at, server)) = self.cache.get(&peer) {
             if at.elapsed() < CACHE_FOR {
@@ -135,11 +128,11 @@ impl Servers {
             }
         }
         let listener = match &peer {
-            Peer::Tcp(addr) => tcp_listener(tgid, *addr),
-            Peer::Unix(path) => unix_listener(tgid, path),
+            Peer::Tcp(addr) => self.host.tcp_listener(tgid, *addr),
+            Peer::Unix(path) => self.host.unix_listener(tgid, path),
         };
         let server = listener
-            .and_then(socket_owner)
+            .and_then(|inode| self.host.socket_owner(inode))
             .map(ServerRef::Process)
             .unwrap_or_else(|| match &peer {
                 Peer::Tcp(addr) => ServerRef::Endpoint(Arc::from(addr.to_string())),
@@ -153,44 +146,131 @@ impl Servers {
     }
 }
 
-/// Inode of the TCP socket listening on `addr`, in `tgid`'s network namespace.
-fn tcp_listener(tgid: u32, addr: SocketAddr) -> Option<u64> {
-    let process = procfs::process::Process::new(tgid as i32).ok()?;
-    let mut tcp = process.tcp().unwrap_or_default();
-    tcp.extend(process.tcp6().unwrap_or_default());
-    tcp.iter()
-        .find(|e| {
-            e.state == TcpState::Listen
-                && e.local_address.port() == addr.port()
-                && (e.local_address.ip().is_unspecified() || e.local_address.ip() == addr.ip())
-        })
-        .map(|e| e.inode)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::FakeHost;
 
-/// Inode of the unix socket listening on `path`, in `tgid`'s network namespace.
-fn unix_listener(tgid: u32, path: &str) -> Option<u64> {
-    let process = procfs::process::Process::new(tgid as i32).ok()?;
-    process
-        .unix()
-        .ok()?
-        .into_iter()
-        .find(|e| {
-            e.state == procfs::net::UnixState::UNCONNECTED
-                && e.path.as_deref().is_some_and(|p| p.as_os_str() == path)
-        })
-        .map(|e| e.inode)
-}
+    const CLIENT: u32 = 100;
 
-/// The process holding socket `inode` (a scan of /proc/*/fd).
-fn socket_owner(inode: u64) -> Option<u32> {
-    procfs::process::all_processes()
-        .ok()?
-        .flatten()
-        .find_map(|p| {
-            let owns =
-                p.fd().ok()?.flatten().any(
-                    |fd| matches!(fd.target, procfs::process::FDTarget::Socket(i) if i == inode),
-                );
-            owns.then_some(p.pid as u32)
-        })
+    fn tcp(addr: &str) -> SocketAddr {
+        addr.parse().expect("a literal address")
+    }
+
+    fn endpoint(name: &str) -> ServerRef {
+        ServerRef::Endpoint(Arc::from(name))
+    }
+
+    #[test]
+    fn lookup_tells_a_connected_socket_from_an_accepted_one() {
+        let host = FakeHost::new();
+        let remote = tcp("10.0.0.2:8080");
+        host.add_socket(
+            CLIENT,
+            11,
+            HostSocket::Tcp {
+                remote,
+                accepted: false,
+            },
+        );
+        host.add_socket(
+            CLIENT,
+            12,
+            HostSocket::Tcp {
+                remote: tcp("10.0.0.3:51000"),
+                accepted: true,
+            },
+        );
+        host.add_socket(CLIENT, 13, HostSocket::Unix);
+
+        let connected = lookup(&host, CLIENT, 11);
+        assert_eq!(connected.transport, Transport::Tcp);
+        assert_eq!(connected.peer, Some(Peer::Tcp(remote)));
+        // This end serves: its peer is a client, not a server to name.
+        let accepted = lookup(&host, CLIENT, 12);
+        assert_eq!(accepted.transport, Transport::Tcp);
+        assert_eq!(accepted.peer, None);
+        let unix = lookup(&host, CLIENT, 13);
+        assert_eq!(unix.transport, Transport::Unix);
+        assert_eq!(unix.peer, None);
+        // Closed already, or another process's: unix with no peer, as before.
+        for (tgid, ino) in [(CLIENT, 14), (CLIENT + 1, 11)] {
+            let unknown = lookup(&host, tgid, ino);
+            assert_eq!(unknown.transport, Transport::Unix);
+            assert_eq!(unknown.peer, None);
+        }
+    }
+
+    #[test]
+    fn resolve_names_a_local_listener_by_its_owner_else_the_address() {
+        let host = Arc::new(FakeHost::new());
+        // A server on every address of port 8080, one on 127.0.0.1:9000 only.
+        host.add_tcp_listener(CLIENT, tcp("0.0.0.0:8080"), 21);
+        host.set_socket_owner(21, 200);
+        host.add_tcp_listener(CLIENT, tcp("127.0.0.1:9000"), 22);
+        host.set_socket_owner(22, 300);
+        // A listener whose holder cannot be found (another user's descriptors).
+        host.add_tcp_listener(CLIENT, tcp("127.0.0.1:9100"), 23);
+        let mut servers = Servers::new(host.clone());
+
+        let resolve = |servers: &mut Servers, addr| servers.resolve(CLIENT, Peer::Tcp(tcp(addr)));
+        assert_eq!(
+            resolve(&mut servers, "127.0.0.1:8080"),
+            ServerRef::Process(200)
+        );
+        assert_eq!(
+            resolve(&mut servers, "127.0.0.1:9000"),
+            ServerRef::Process(300)
+        );
+        // Same port, another address: not that listener.
+        assert_eq!(
+            resolve(&mut servers, "10.0.0.2:9000"),
+            endpoint("10.0.0.2:9000")
+        );
+        assert_eq!(
+            resolve(&mut servers, "127.0.0.1:9100"),
+            endpoint("127.0.0.1:9100")
+        );
+        assert_eq!(
+            resolve(&mut servers, "[2001:db8::1]:443"),
+            endpoint("[2001:db8::1]:443")
+        );
+        // Listeners are looked up in the client's namespace, not another process's.
+        assert_eq!(
+            servers.resolve(CLIENT + 1, Peer::Tcp(tcp("127.0.0.2:8080"))),
+            endpoint("127.0.0.2:8080")
+        );
+    }
+
+    #[test]
+    fn resolve_names_a_unix_listener_by_its_owner_else_its_path() {
+        let host = Arc::new(FakeHost::new());
+        host.add_unix_listener(CLIENT, "/run/mcp/weather.sock", 31);
+        host.set_socket_owner(31, 400);
+        let mut servers = Servers::new(host);
+        assert_eq!(
+            servers.resolve(CLIENT, Peer::Unix("/run/mcp/weather.sock".into())),
+            ServerRef::Process(400)
+        );
+        assert_eq!(
+            servers.resolve(CLIENT, Peer::Unix("/run/mcp/gone.sock".into())),
+            endpoint("unix:/run/mcp/gone.sock")
+        );
+    }
+
+    #[test]
+    fn resolve_keeps_an_answer_for_a_while() {
+        let host = Arc::new(FakeHost::new());
+        host.add_tcp_listener(CLIENT, tcp("127.0.0.1:8080"), 21);
+        host.set_socket_owner(21, 200);
+        let mut servers = Servers::new(host.clone());
+        let peer = Peer::Tcp(tcp("127.0.0.1:8080"));
+        assert_eq!(
+            servers.resolve(CLIENT, peer.clone()),
+            ServerRef::Process(200)
+        );
+        // The host is not asked again within the cache's lifetime.
+        host.set_socket_owner(21, 201);
+        assert_eq!(servers.resolve(CLIENT, peer), ServerRef::Process(200));
+    }
 }

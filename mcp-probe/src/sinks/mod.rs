@@ -616,7 +616,12 @@ mod tests {
             ..Default::default()
         };
         let sinks = Sinks::start(&args, &mut registry).expect("sinks");
-        let mut c = Stitcher::recording(StitchConfig::default(), metrics, sinks);
+        let mut c = Stitcher::recording(
+            StitchConfig::default(),
+            metrics,
+            sinks,
+            std::sync::Arc::new(crate::host::FakeHost::new()),
+        );
         let send =
             |c: &mut Stitcher, tgid: u32, stream: u64, dir: Direction, ms: u64, text: &str| {
                 let msg = match parse(text.as_bytes()) {

@@ -18,10 +18,13 @@ mod requests;
 mod responses;
 pub mod sessions;
 
+use std::sync::Arc;
+
 use mcp_probe_common::Direction;
 
 use crate::{
     events::{Consumer, Ending, Event, Exchange, Outcome, Request},
+    host::Host,
     identity::Processes,
     labels::LabelCap,
     metrics::{recorder::Recorder, Metrics},
@@ -144,6 +147,8 @@ pub struct Stitcher {
     config: StitchConfig,
     needs: SinkNeeds,
     consumers: Vec<Box<dyn Consumer>>,
+    /// Where uids are read (process names: through `processes`).
+    host: Arc<dyn Host>,
     processes: Processes,
     pending: PendingTable,
     /// The pending count last handed on.
@@ -159,10 +164,11 @@ pub struct Stitcher {
 }
 
 impl Stitcher {
-    /// A stitcher handing its events to `consumers`, in order.
+    /// A stitcher handing its events to `consumers`, in order, and asking `host` about
+    /// processes.
     pub fn new(
         config: StitchConfig,
-        processes: Processes,
+        host: Arc<dyn Host>,
         needs: SinkNeeds,
         consumers: Vec<Box<dyn Consumer>>,
     ) -> Self {
@@ -177,7 +183,8 @@ impl Stitcher {
             },
             needs,
             consumers,
-            processes,
+            processes: Processes::new(host.clone()),
+            host,
             pending: PendingTable::new(config.max_pending, config.max_pending_per_process),
             pending_reported: 0,
             unanswered: Unanswered::default(),
@@ -192,7 +199,12 @@ impl Stitcher {
 
     /// The agent's stitcher: its events go to the sinks (when any is on), then to the
     /// metrics recorder.
-    pub fn recording(config: StitchConfig, metrics: Metrics, sinks: Option<Sinks>) -> Self {
+    pub fn recording(
+        config: StitchConfig,
+        metrics: Metrics,
+        sinks: Option<Sinks>,
+        host: Arc<dyn Host>,
+    ) -> Self {
         let recorder = Recorder::new(metrics, config.max_error_types, config.max_series);
         let needs = sinks.as_ref().map(Sinks::needs).unwrap_or_default();
         let mut consumers: Vec<Box<dyn Consumer>> = Vec::new();
@@ -200,7 +212,7 @@ impl Stitcher {
             consumers.push(Box::new(sinks));
         }
         consumers.push(Box::new(recorder));
-        Self::new(config, Processes::default(), needs, consumers)
+        Self::new(config, host, needs, consumers)
     }
 
     /// Handles one parsed message.
@@ -368,8 +380,8 @@ impl Stitcher {
         } else {
             obs.tgid
         };
-        let processes = &self.processes;
-        let uid = self.clients.uid(client, |tgid| processes.uid(tgid))?;
+        let host = &self.host;
+        let uid = self.clients.uid(client, |tgid| host.process_uid(tgid))?;
         Some(format!("uid:{uid}"))
     }
 

@@ -245,7 +245,7 @@ mod tests {
         );
         assert_eq!(names.hold(Some(&server), 2, "tools/call"), ["tools/call"]);
         assert_eq!(names.hold(None, 2, "no server"), ["no server"]);
-        let mut processes = Processes::default();
+        let mut processes = Processes::new(std::sync::Arc::new(crate::host::FakeHost::new()));
         let mut overflowed = Vec::new();
         assert_eq!(
             names.name(Some(&server), &mut processes, &mut overflowed),

@@ -49,7 +49,12 @@ fn loopback_and_unix_endpoints_are_on_this_host() {
 fn legacy_sessions_pair_by_session_id() {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let mut c = Stitcher::recording(StitchConfig::default(), metrics, None);
+    let mut c = Stitcher::recording(
+        StitchConfig::default(),
+        metrics,
+        None,
+        Arc::new(crate::host::FakeHost::new()),
+    );
     let server = ServerRef::Endpoint(Arc::from("10.0.0.9:8000"));
     let stream = |n| StreamKey { addr: n, ino: n };
     let obs = |n: u64, direction, session, ts_ms: u64| Observation {
@@ -90,7 +95,7 @@ fn collecting() -> (Stitcher, Arc<std::sync::Mutex<Vec<Event>>>) {
     let events = Arc::new(std::sync::Mutex::new(Vec::new()));
     let stitcher = Stitcher::new(
         StitchConfig::default(),
-        Processes::default(),
+        Arc::new(crate::host::FakeHost::new()),
         SinkNeeds::default(),
         vec![Box::new(events.clone())],
     );

@@ -11,18 +11,20 @@ mod deliver;
 #[cfg(test)]
 mod tests;
 
-use crate::HashSet;
+use std::sync::Arc;
 
 use mcp_probe_common::{errno, Direction, EventKind, StreamKind};
 
 use crate::{
     decode::{decode, Record},
     health::Health,
+    host::Host,
     metrics::{AgentMetrics, MapLabels, ReasonLabels},
     model::{Observation, StreamControl, StreamKey, Transport},
     protocols::framer_for,
     sockets,
     stitch::Stitcher,
+    HashSet,
 };
 
 use connection::{Connection, Connections, Half, Link, TextCounts};
@@ -71,6 +73,8 @@ pub struct Pipeline<C: StreamControl> {
     sweeps: u64,
     metrics: AgentMetrics,
     control: C,
+    /// Where sockets the kernel did not describe are looked up, and processes checked.
+    host: Arc<dyn Host>,
 }
 
 fn stream_of(r: &Record<'_>) -> StreamKey {
@@ -87,11 +91,13 @@ impl<C: StreamControl> Pipeline<C> {
         health: Health,
         metrics: AgentMetrics,
         control: C,
+        host: Arc<dyn Host>,
     ) -> Self {
         Self {
             connections: Connections::new(config.max_buffered_bytes),
             config,
-            servers: sockets::Servers::default(),
+            servers: sockets::Servers::new(host.clone()),
+            host,
             stitcher,
             health,
             watched: HashSet::default(),
@@ -179,6 +185,7 @@ impl<C: StreamControl> Pipeline<C> {
         }
         let max = self.config.max_message_bytes;
         let servers = &mut self.servers;
+        let host = &*self.host;
         let (conn, budget) = self.connections.follow(
             stream,
             direction,
@@ -190,7 +197,7 @@ impl<C: StreamControl> Pipeline<C> {
                 StreamKind::Socket => {
                     let info = socket
                         .cloned()
-                        .unwrap_or_else(|| sockets::lookup(r.tgid, r.ino));
+                        .unwrap_or_else(|| sockets::lookup(host, r.tgid, r.ino));
                     Link {
                         transport: info.transport,
                         peer: info.peer.map(|addr| servers.resolve(r.tgid, addr)),
@@ -428,7 +435,7 @@ impl<C: StreamControl> Pipeline<C> {
             None => {
                 let info = conn
                     .and_then(|c| c.socket.clone())
-                    .unwrap_or_else(|| sockets::lookup(r.tgid, r.ino));
+                    .unwrap_or_else(|| sockets::lookup(&*self.host, r.tgid, r.ino));
                 let peer = info.peer.map(|p| self.servers.resolve(r.tgid, p));
                 (peer.is_some(), info.transport, peer)
             }
@@ -519,7 +526,8 @@ impl<C: StreamControl> Pipeline<C> {
         if self.sweeps % MAP_COUNT_EVERY == 1 {
             let control = &self.control;
             self.watched.retain(|&tgid| control.process_exists(tgid));
-            let mut gone = |tgid| !std::path::Path::new(&format!("/proc/{tgid}")).exists();
+            let host = &self.host;
+            let mut gone = |tgid| !host.process_exists(tgid);
             for (map, entries, capacity) in self.control.sweep_maps(&mut gone) {
                 let labels = MapLabels { map };
                 self.metrics

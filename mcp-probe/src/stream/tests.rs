@@ -124,14 +124,18 @@ fn pipeline() -> (Pipeline<Ignored>, Registry) {
 fn pipeline_with(config: PipelineConfig, stitcher: StitchConfig) -> (Pipeline<Ignored>, Registry) {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
-    let stitcher = Stitcher::recording(stitcher, metrics.clone(), None);
+    // Its pids exist nowhere: names come from comm, as for a process already gone.
+    let host: std::sync::Arc<dyn crate::host::Host> =
+        std::sync::Arc::new(crate::host::FakeHost::new());
+    let stitcher = Stitcher::recording(stitcher, metrics.clone(), None, host.clone());
     (
         Pipeline::new(
             config,
             stitcher,
-            Health::new(metrics.health.clone()),
+            Health::new(metrics.health.clone(), host.clone()),
             metrics.agent,
             Ignored::default(),
+            host,
         ),
         registry,
     )

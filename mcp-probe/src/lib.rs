@@ -7,10 +7,8 @@
 //! correlate to the sinks (request log, OTLP spans).
 //!
 //! The `kernel` feature (on by default) adds the modules that load and read the eBPF
-//! programs; without it the crate builds on any host, with no BPF toolchain.
+//! programs (`kernel`); without it the crate builds on any host, with no BPF toolchain.
 
-#[cfg(feature = "kernel")]
-pub mod blocked;
 pub mod correlate;
 pub mod decode;
 /// Entry points shared by the fuzz targets (`mcp-probe/fuzz`) and the regression tests that
@@ -19,16 +17,12 @@ pub mod fuzzing;
 pub mod health;
 pub mod identity;
 #[cfg(feature = "kernel")]
-pub mod kernel_offsets;
-#[cfg(feature = "kernel")]
-pub mod loader;
+pub mod kernel;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod privileges;
 pub mod protocols;
-#[cfg(feature = "kernel")]
-pub mod reader;
 pub mod server;
 pub mod sessions;
 pub mod sinks;

@@ -17,10 +17,11 @@ use prometheus_client::registry::Registry;
 
 use mcp_probe::{
     correlate::{Correlator, CorrelatorConfig},
-    health, loader,
+    health,
+    kernel::{loader, reader},
     metrics::{self, BuildInfoLabels, Metrics},
     pipeline::{Pipeline, PipelineConfig},
-    privileges, reader, server, sinks,
+    privileges, server, sinks,
 };
 
 /// Measures MCP traffic of every process on this host from the kernel (eBPF) and serves

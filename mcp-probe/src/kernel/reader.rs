@@ -15,9 +15,10 @@ use aya::maps::{MapData, PerCpuArray, PerCpuValues, RingBuf};
 use mcp_probe_common::Stat;
 
 use crate::{
-    loader::KernelLog,
+    kernel::loader::KernelLog,
     metrics::{AgentMetrics, EventLabels, ReasonLabels},
-    pipeline::{Pipeline, StreamControl},
+    model::StreamControl,
+    pipeline::Pipeline,
 };
 
 pub struct ReaderConfig {

@@ -8,12 +8,10 @@
 //!
 //! The `kernel` feature (on by default) adds the modules that load and read the eBPF
 //! programs (`kernel`); without it the crate builds on any host, with no BPF toolchain.
+//! The `testing` feature exposes the test scaffolding (`testing`) to the fuzz targets.
 
 pub mod correlate;
 pub mod decode;
-/// Entry points shared by the fuzz targets (`mcp-probe/fuzz`) and the regression tests that
-/// replay their corpus.
-pub mod fuzzing;
 pub mod health;
 pub mod identity;
 #[cfg(feature = "kernel")]
@@ -27,6 +25,10 @@ pub mod server;
 pub mod sessions;
 pub mod sinks;
 pub mod sockets;
+/// Synthetic kernel records, a fake kernel, and the fuzz harnesses (`mcp-probe/fuzz`):
+/// compiled for unit tests and, through the `testing` feature, for the fuzz targets.
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 /// The maps of the per-record path. foldhash is several times faster than std's SipHash
 /// for the short keys used here (ids, pids, inode addresses) and is seeded at random per

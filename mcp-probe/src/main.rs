@@ -16,9 +16,11 @@ use clap::Parser;
 use prometheus_client::registry::Registry;
 
 use mcp_probe::{
-    health, loader,
+    health,
+    host::{Host, ProcHost},
+    kernel::{loader, reader},
     metrics::{self, BuildInfoLabels, Metrics},
-    privileges, reader, server, sinks,
+    privileges, server, sinks,
     stitch::{StitchConfig, Stitcher},
     stream::{Pipeline, PipelineConfig},
 };
@@ -122,9 +124,13 @@ fn main() -> anyhow::Result<()> {
         })
         .set(1);
 
+    // Every fact about processes and sockets is read from this host's /proc through one
+    // interface.
+    let host: Arc<dyn Host> = Arc::new(ProcHost);
     let loaded = loader::load(&loader::LoadOptions {
         ring_bytes: args.ring_bytes,
         wakeup_bytes: args.wakeup_bytes,
+        host: host.clone(),
     })
     .context("cannot start the kernel side")?;
     // Loading parsed the kernel's BTF twice (for our offsets and for aya's relocations),
@@ -185,13 +191,14 @@ fn main() -> anyhow::Result<()> {
     };
     export_limits(&metrics.agent, &args);
     metrics.agent.init_loss_series();
-    let stitcher = Stitcher::recording(stitch_config, metrics.clone(), sinks);
+    let stitcher = Stitcher::recording(stitch_config, metrics.clone(), sinks, host.clone());
     let pipeline = Pipeline::new(
         pipeline_config,
         stitcher,
-        health::Health::new(metrics.health.clone()),
+        health::Health::new(metrics.health.clone(), host.clone()),
         metrics.agent.clone(),
         streams,
+        host,
     );
 
     let stop = Arc::new(AtomicBool::new(false));

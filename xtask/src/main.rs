@@ -117,6 +117,10 @@ fn main() -> Result<()> {
         } => {
             setup_build()?;
             setup_tests(&root)?;
+            // Every crate that builds for the host, the root integration tests included
+            // (no default member, see the root Cargo.toml); the eBPF crate only builds for
+            // the BPF target (the agent's build script builds it).
+            const HOST_PACKAGES: [&str; 3] = ["--workspace", "--exclude", "mcp-probe-ebpf"];
             if !no_lint {
                 run(
                     Command::new("cargo")
@@ -126,7 +130,9 @@ fn main() -> Result<()> {
                 )?;
                 run(
                     Command::new("cargo")
-                        .args(["clippy", "--all-targets", "--", "-D", "warnings"])
+                        .args(["clippy", "--all-targets"])
+                        .args(HOST_PACKAGES)
+                        .args(["--", "-D", "warnings"])
                         .current_dir(&root),
                     "cargo clippy",
                 )?;
@@ -153,6 +159,7 @@ fn main() -> Result<()> {
             let bin = build_agent(&root, true)?;
             let mut cmd = Command::new("cargo");
             cmd.args(["test"])
+                .args(HOST_PACKAGES)
                 .current_dir(&root)
                 .env("MCP_PROBE_BIN", &bin)
                 .env("MCP_ENV_DIR", root.join("tests/.mcp-env"));

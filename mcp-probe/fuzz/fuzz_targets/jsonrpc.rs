@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mcp_probe::fuzzing::jsonrpc(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mcp_probe::testing::fuzz::jsonrpc(data));

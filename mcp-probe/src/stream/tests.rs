@@ -1,117 +1,22 @@
-//! The pipeline driven by a synthetic event generator (fake clock, advancing offsets):
+//! The stream stage driven by the synthetic record generator (fake clock, advancing offsets)
+//! and a fake kernel:
 //! pairing across processes, losses, stream reuse, without a kernel.
 
 use mcp_probe_common::{EventHeader, Syscall};
 use prometheus_client::{encoding::text::encode, registry::Registry};
 
 use super::*;
-use crate::HashMap;
-use crate::{decode::encode as encode_record, metrics::Metrics, stitch::StitchConfig};
+use crate::{
+    decode::encode as encode_record,
+    metrics::Metrics,
+    stitch::StitchConfig,
+    testing::{
+        fake::FakeKernel,
+        generator::{header_of, Generator},
+    },
+};
 
-/// Streams the pipeline turned off, and pids the test pretends have exited.
-#[derive(Default)]
-struct Ignored(Vec<u64>, Vec<u32>);
-impl StreamControl for Ignored {
-    fn ignore_stream(&mut self, stream_id: u64) {
-        self.0.push(stream_id);
-    }
-    fn watch_process(&mut self, _tgid: u32) -> bool {
-        true
-    }
-    fn sweep_maps(
-        &mut self,
-        _gone: &mut dyn FnMut(u32) -> bool,
-    ) -> Vec<(&'static str, usize, usize)> {
-        Vec::new()
-    }
-    fn process_exists(&self, tgid: u32) -> bool {
-        !self.1.contains(&tgid)
-    }
-}
-
-/// Fake kernel: assigns stream offsets and timestamps like the programs do.
-struct Generator {
-    now_ns: u64,
-    offsets: HashMap<(u64, u64, u32), u64>,
-}
-
-impl Generator {
-    fn new() -> Self {
-        Self {
-            now_ns: 1_000_000_000,
-            offsets: HashMap::default(),
-        }
-    }
-
-    fn record(
-        &mut self,
-        tgid: u32,
-        comm: &str,
-        stream: (u64, u64),
-        syscall: Syscall,
-        bytes: &[u8],
-    ) -> Vec<u8> {
-        self.now_ns += 1_000_000; // 1 ms per syscall
-        let offset = self
-            .offsets
-            .entry((stream.0, stream.1, syscall.direction() as u32))
-            .or_insert(0);
-        let mut c = [0u8; 16];
-        c[..comm.len()].copy_from_slice(comm.as_bytes());
-        let header = EventHeader {
-            kind: EventKind::Data as u32,
-            syscall: syscall as u32,
-            ts_ns: self.now_ns,
-            tgid,
-            tid: tgid,
-            comm: c,
-            stream_id: stream.0,
-            ino: stream.1,
-            stream_kind: StreamKind::Pipe as u32,
-            fd: 0,
-            stream_offset: *offset,
-            syscall_len: bytes.len() as u64,
-            syscall_offset: 0,
-            captured_len: bytes.len() as u32,
-            detail: 0,
-        };
-        *offset += bytes.len() as u64;
-        encode_record(&header, bytes)
-    }
-
-    /// The kernel's report that a watched process exited.
-    fn exit(&mut self, tgid: u32) -> Vec<u8> {
-        self.now_ns += 1_000_000;
-        let header = EventHeader {
-            kind: EventKind::ProcessExit as u32,
-            syscall: Syscall::Write as u32,
-            ts_ns: self.now_ns,
-            tgid,
-            tid: tgid,
-            comm: [0; 16],
-            stream_id: 0,
-            ino: 0,
-            stream_kind: 0,
-            fd: 0,
-            stream_offset: 0,
-            syscall_len: 0,
-            syscall_offset: 0,
-            captured_len: 0,
-            detail: 0,
-        };
-        encode_record(&header, b"")
-    }
-
-    /// Skips `n` bytes of a stream, as when the ring buffer was full.
-    fn lose(&mut self, stream: (u64, u64), direction: Direction, n: u64) {
-        *self
-            .offsets
-            .entry((stream.0, stream.1, direction as u32))
-            .or_insert(0) += n;
-    }
-}
-
-fn pipeline() -> (Pipeline<Ignored>, Registry) {
+fn pipeline() -> (Pipeline<FakeKernel>, Registry) {
     pipeline_with(
         PipelineConfig {
             max_message_bytes: 1 << 20,
@@ -121,7 +26,10 @@ fn pipeline() -> (Pipeline<Ignored>, Registry) {
     )
 }
 
-fn pipeline_with(config: PipelineConfig, stitcher: StitchConfig) -> (Pipeline<Ignored>, Registry) {
+fn pipeline_with(
+    config: PipelineConfig,
+    stitcher: StitchConfig,
+) -> (Pipeline<FakeKernel>, Registry) {
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry);
     // Its pids exist nowhere: names come from comm, as for a process already gone.
@@ -134,7 +42,7 @@ fn pipeline_with(config: PipelineConfig, stitcher: StitchConfig) -> (Pipeline<Ig
             stitcher,
             Health::new(metrics.health.clone(), host.clone()),
             metrics.agent,
-            Ignored::default(),
+            FakeKernel::default(),
             host,
         ),
         registry,
@@ -156,7 +64,7 @@ const TO_SERVER: (u64, u64) = (0xffff_0000_0000_1000, 11);
 const TO_CLIENT: (u64, u64) = (0xffff_0000_0000_2000, 12);
 
 /// One exchange, seen by both processes, in the order the kernel would report it.
-fn exchange(g: &mut Generator, p: &mut Pipeline<Ignored>, request: &[u8], response: &[u8]) {
+fn exchange(g: &mut Generator, p: &mut Pipeline<FakeKernel>, request: &[u8], response: &[u8]) {
     let records = [
         g.record(CLIENT, "client", TO_SERVER, Syscall::Write, request),
         g.record(SERVER, "weather", TO_SERVER, Syscall::Read, request),
@@ -254,7 +162,7 @@ fn json_that_is_not_jsonrpc_turns_the_stream_off() {
             b"{\"level\":\"info\"}\n",
         ));
     }
-    assert_eq!(p.control.0, vec![TO_SERVER.0]);
+    assert_eq!(p.control.ignored, vec![TO_SERVER.0]);
     assert_eq!(value(&registry, "mcp_probe_parse_errors_total"), 0.0);
     assert_eq!(value(&registry, "mcp_probe_unconfirmed_lines_total"), 8.0);
 }
@@ -305,7 +213,7 @@ fn an_error_head_whose_body_was_never_read_still_answers_the_request() {
     let r = decode(&empty).expect("record");
     let close = EventHeader {
         kind: EventKind::Close as u32,
-        ..raw_header(&r)
+        ..header_of(&r)
     };
     p.on_record_bytes(&encode_record(&close, b""));
     p.sweep(g.now_ns + 10_000_000_000);
@@ -317,27 +225,6 @@ fn an_error_head_whose_body_was_never_read_still_answers_the_request() {
         value(&registry, "mcp_client_request_cancellations_total"),
         0.0
     );
-}
-
-/// The header of a decoded record, to build another from it.
-fn raw_header(r: &Record<'_>) -> EventHeader {
-    EventHeader {
-        kind: r.kind as u32,
-        syscall: r.syscall as u32,
-        ts_ns: r.ts_ns,
-        tgid: r.tgid,
-        tid: r.tid,
-        comm: r.comm,
-        stream_id: r.stream_id,
-        ino: r.ino,
-        stream_kind: r.stream_kind as u32,
-        fd: r.fd,
-        stream_offset: r.stream_offset,
-        syscall_len: r.syscall_len,
-        syscall_offset: r.syscall_offset,
-        captured_len: r.payload.len() as u32,
-        detail: r.detail,
-    }
 }
 
 #[test]
@@ -440,7 +327,7 @@ fn a_writer_that_exits_mid_message_leaves_nothing_behind() {
     p.on_record_bytes(&g.record(CLIENT, "client", TO_SERVER, Syscall::Write, half));
     p.on_record_bytes(&g.record(SERVER, "weather", TO_SERVER, Syscall::Read, half));
     // The client dies; the kernel reports it.
-    p.control.1.push(CLIENT);
+    p.control.exited.push(CLIENT);
     p.on_record_bytes(&g.exit(CLIENT));
     assert_eq!(
         value(

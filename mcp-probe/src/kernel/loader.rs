@@ -8,19 +8,18 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use mcp_probe_common::{
-    verdict, FdState, InflightSyscall, StreamState, EVENTS_MAP, FDS_ENTRIES, FDS_MAP, INFLIGHT_MAP,
-    OFFSETS_GLOBAL, STATS_MAP, STREAMS_ENTRIES, STREAMS_MAP, WAKEUP_BYTES_GLOBAL, WATCHED_ENTRIES,
-    WATCHED_MAP,
+    InflightSyscall, EVENTS_MAP, FDS_MAP, INFLIGHT_MAP, OFFSETS_GLOBAL, STATS_MAP, STREAMS_MAP,
+    WAKEUP_BYTES_GLOBAL, WATCHED_MAP,
 };
 
-use crate::{kernel_offsets, model::StreamControl};
+use super::{blocked, offsets, streams::KernelStreams};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("tracefs is not available at {0} and could not be mounted: {1}{hint}", hint = privilege_hint())]
     Tracefs(&'static str, std::io::Error),
     #[error(transparent)]
-    Offsets(#[from] kernel_offsets::OffsetsError),
+    Offsets(#[from] offsets::OffsetsError),
     #[error("loading the eBPF object failed: {0}{hint}", hint = privilege_hint())]
     Load(#[source] Box<aya::EbpfError>),
     #[error("program {0} is missing from the eBPF object")]
@@ -81,7 +80,7 @@ pub struct Loaded {
     /// Optional hooks that could not be attached.
     pub failed: Vec<String>,
     /// Threads found blocked in a read/write-family syscall when the programs attached.
-    pub blocked: crate::blocked::Prefilled,
+    pub blocked: Prefilled,
 }
 
 /// aya-log's reader of the kernel programs' log messages.
@@ -124,6 +123,8 @@ fn attach(
 pub struct LoadOptions {
     pub ring_bytes: u32,
     pub wakeup_bytes: u64,
+    /// What the kernel side asks about processes.
+    pub host: std::sync::Arc<dyn crate::host::Host>,
 }
 
 /// Makes sure tracefs is mounted (aya finds tracepoint ids there).
@@ -152,7 +153,7 @@ fn ensure_tracefs() -> Result<(), LoadError> {
 
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     ensure_tracefs()?;
-    let offsets = kernel_offsets::load(TRACEFS)?;
+    let offsets = offsets::load(TRACEFS)?;
     tracing::debug!(?offsets, "kernel struct offsets from BTF");
     let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcp-probe"));
     // Kernel-side log lines (aya-log) are rare (a stream followed or ignored); they are only
@@ -203,7 +204,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         .map_err(|e| LoadError::Map(WATCHED_MAP, e.to_string()))?;
     let mut inflight = BpfHashMap::try_from(take(&mut ebpf, INFLIGHT_MAP)?)
         .map_err(|e| LoadError::Map(INFLIGHT_MAP, e.to_string()))?;
-    let blocked = crate::blocked::prefill(&mut inflight);
+    let blocked = prefill(&mut inflight, blocked::scan());
     let streams = BpfHashMap::try_from(take(&mut ebpf, STREAMS_MAP)?)
         .map_err(|e| LoadError::Map(STREAMS_MAP, e.to_string()))?;
     tracing::debug!(fd = events.as_raw_fd(), "ring buffer ready");
@@ -211,11 +212,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
         ebpf,
         events,
         stats,
-        streams: KernelStreams {
-            streams,
-            watched,
-            fds,
-        },
+        streams: KernelStreams::new(streams, watched, fds, opts.host.clone()),
         blocked,
         kernel_log,
         attached,
@@ -228,71 +225,37 @@ fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, LoadError
         .ok_or_else(|| LoadError::Map(name, "not in object".into()))
 }
 
-/// The kernel maps the agent writes: per-stream verdicts (to drop streams found not to be
-/// JSON-RPC), the processes whose exits are reported, and the descriptor verdicts of
-/// processes that are gone.
-pub struct KernelStreams {
-    streams: BpfHashMap<MapData, u64, StreamState>,
-    watched: BpfHashMap<MapData, u32, u32>,
-    fds: BpfHashMap<MapData, u64, FdState>,
-}
-
-impl StreamControl for KernelStreams {
-    fn sweep_maps(
-        &mut self,
-        gone: &mut dyn FnMut(u32) -> bool,
-    ) -> Vec<(&'static str, usize, usize)> {
-        // Descriptor verdicts of exited processes would otherwise wait for LRU eviction, and
-        // a process that reuses the pid would inherit them.
-        let mut verdict_of_gone = std::collections::HashMap::new();
-        let keys: Vec<u64> = self.fds.keys().flatten().collect();
-        let mut dropped = 0usize;
-        for key in &keys {
-            let tgid = (key >> 32) as u32;
-            if *verdict_of_gone.entry(tgid).or_insert_with(|| gone(tgid))
-                && self.fds.remove(key).is_ok()
-            {
-                dropped += 1;
-            }
-        }
-        if dropped > 0 {
-            tracing::debug!(dropped, "descriptor verdicts of exited processes dropped");
-        }
-        vec![
-            (FDS_MAP, keys.len() - dropped, FDS_ENTRIES as usize),
-            (
-                STREAMS_MAP,
-                self.streams.keys().count(),
-                STREAMS_ENTRIES as usize,
-            ),
-            (
-                WATCHED_MAP,
-                self.watched.keys().count(),
-                WATCHED_ENTRIES as usize,
-            ),
-        ]
-    }
-
-    fn watch_process(&mut self, tgid: u32) -> bool {
-        match self.watched.insert(tgid, 1, 0) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::debug!(tgid, error = %e, "cannot watch process");
-                false
-            }
-        }
-    }
-
-    fn ignore_stream(&mut self, stream_id: u64) {
-        let Ok(mut state) = self.streams.get(&stream_id, 0) else {
-            return;
-        };
-        state.verdict = verdict::IGNORED;
-        if let Err(e) = self.streams.insert(stream_id, state, 0) {
-            tracing::debug!(stream_id, error = %e, "could not mark stream ignored");
-        }
-    }
-}
-
 /// The map of syscalls between entry and exit, as the agent writes it.
 pub type InflightMap = BpfHashMap<MapData, u64, InflightSyscall>;
+
+/// What the start-up prefill of `INFLIGHT` did (see `blocked`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Prefilled {
+    /// Threads blocked in a read/write-family syscall, written into `INFLIGHT`.
+    pub written: usize,
+    /// Of those, entries not written: the map was full, or the entry hook had made one.
+    pub failed: usize,
+}
+
+/// Only creates: the syscall may have returned and the thread entered the next one since
+/// the scan read it, and the entry hook's own entry is the exact one.
+const BPF_NOEXIST: u64 = 1;
+
+/// Writes the blocked syscalls the scan found into `INFLIGHT`, never over an entry the
+/// entry hook made meanwhile.
+fn prefill(map: &mut InflightMap, scan: blocked::Scan) -> Prefilled {
+    tracing::debug!(
+        blocked = scan.blocked.len(),
+        unreadable = scan.unreadable,
+        not_blocked = scan.not_blocked,
+        "scanned threads for syscalls in progress"
+    );
+    let mut done = Prefilled::default();
+    for (key, entry) in scan.blocked {
+        match map.insert(key, entry, BPF_NOEXIST) {
+            Ok(()) => done.written += 1,
+            Err(_) => done.failed += 1,
+        }
+    }
+    done
+}

@@ -15,7 +15,7 @@ use aya::maps::{MapData, PerCpuArray, PerCpuValues, RingBuf};
 use mcp_probe_common::Stat;
 
 use crate::{
-    loader::KernelLog,
+    kernel::loader::KernelLog,
     metrics::{AgentMetrics, EventLabels, ReasonLabels},
     model::StreamControl,
     stream::Pipeline,

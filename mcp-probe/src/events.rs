@@ -12,6 +12,20 @@ pub trait Consumer: Send {
     fn consume(&mut self, event: &mut Event);
 }
 
+/// What the sinks need kept per request (nothing at all when no sink is on).
+#[derive(Clone, Default)]
+pub struct SinkNeeds {
+    /// Keep a [`RequestContext`] per request.
+    pub context: bool,
+    /// Keep the redacted JSON of requests and responses.
+    pub capture: Option<Arc<dyn PayloadCapture>>,
+}
+
+/// Turns a message's JSON into what may leave the agent (redacted, capped).
+pub trait PayloadCapture: Send + Sync {
+    fn capture(&self, raw: &[u8]) -> Box<str>;
+}
+
 /// One fact from the stitcher. Server names are settled, capped label values.
 #[derive(Debug, Clone)]
 pub enum Event {

@@ -18,6 +18,7 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
+        Arc,
         mpsc::{self, SyncSender, TrySendError},
     },
     thread::JoinHandle,
@@ -31,10 +32,9 @@ use prometheus_client::{
 
 pub use crate::events::{RequestContext, TraceParent};
 use crate::{
-    events::{Consumer, Ending, Event, Exchange},
+    events::{Consumer, Ending, Event, Exchange, PayloadCapture, SinkNeeds},
     model::ServerRef,
     protocols::jsonrpc::Id,
-    stitch::SinkNeeds,
 };
 
 /// Command-line options of the sinks (flattened into the agent's).
@@ -338,7 +338,10 @@ impl Sinks {
     pub fn needs(&self) -> SinkNeeds {
         SinkNeeds {
             context: true,
-            capture: self.capture.clone(),
+            capture: self
+                .capture
+                .clone()
+                .map(|c| Arc::new(c) as Arc<dyn PayloadCapture>),
         }
     }
 }

@@ -71,6 +71,10 @@ impl Capture {
 
     /// The redacted JSON of `raw`, cut to `max_bytes` (then ending in `…[+N bytes]`).
     pub fn capture(&self, raw: &[u8]) -> Box<str> {
+        self.redacted(raw)
+    }
+
+    fn redacted(&self, raw: &[u8]) -> Box<str> {
         if raw.len() > MAX_PARSED_BYTES {
             return format!("[not captured: {} bytes]", raw.len()).into();
         }
@@ -172,6 +176,13 @@ pub fn resource_uri(uri: &str) -> String {
         None => uri.to_owned(),
     };
     super::bounded(&uri, 256)
+}
+
+/// The stitcher captures payloads through this, without knowing the sinks.
+impl crate::events::PayloadCapture for Capture {
+    fn capture(&self, raw: &[u8]) -> Box<str> {
+        self.redacted(raw)
+    }
 }
 
 #[cfg(test)]

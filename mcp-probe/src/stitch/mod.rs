@@ -23,14 +23,14 @@ use std::sync::Arc;
 use mcp_probe_common::Direction;
 
 use crate::{
-    events::{Consumer, Ending, Event, Exchange, Outcome, Request},
+    events::{Consumer, Ending, Event, Exchange, Outcome, Request, SinkNeeds},
     host::Host,
     identity::Processes,
     labels::LabelCap,
     metrics::{recorder::Recorder, Metrics},
     model::{Observation, ServerRef, Side, Transport},
     protocols::jsonrpc::Message,
-    sinks::{payload::Capture, Sinks},
+    sinks::Sinks,
     HashMap,
 };
 use clients::Clients;
@@ -93,15 +93,6 @@ impl Default for StitchConfig {
             max_sessions: 100_000,
         }
     }
-}
-
-/// What the sinks need kept per request (nothing at all when no sink is on).
-#[derive(Debug, Clone, Default)]
-pub struct SinkNeeds {
-    /// Keep a [`RequestContext`] per request.
-    pub context: bool,
-    /// Keep the redacted JSON of requests and responses.
-    pub capture: Option<Capture>,
 }
 
 /// Something to hand on once its server's name is settled.

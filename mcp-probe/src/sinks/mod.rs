@@ -18,8 +18,8 @@ use std::{
     path::PathBuf,
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
         mpsc::{self, SyncSender, TrySendError},
+        Arc,
     },
     thread::JoinHandle,
 };

@@ -87,15 +87,19 @@ impl Stitcher {
         id: &Id,
         obs: &Observation<'_>,
     ) -> Option<Request> {
-        let names = &self.names;
-        let server = names.of_stream(&obs.stream);
-        let same_server = |s| server.is_some() && names.of_stream(&s) == server;
-        let index = self
-            .pending
-            .candidate(key, id, obs.stream, obs.session, same_server)?;
+        let index = self.candidate(key, id, obs)?;
         let request = self.pending.take_at(key, id, index);
         self.report_pending();
         request
+    }
+
+    /// The pending request a response to `id` seen in `obs` would answer, if any.
+    fn candidate(&self, key: PendingKey, id: &Id, obs: &Observation<'_>) -> Option<usize> {
+        let names = &self.names;
+        let server = names.of_stream(&obs.stream);
+        let same_server = |s| server.is_some() && names.of_stream(&s) == server;
+        self.pending
+            .candidate(key, id, obs.stream, obs.session, same_server)
     }
 
     /// Holds a response whose request has not been seen (yet).
@@ -167,14 +171,7 @@ impl Stitcher {
             tgid: obs.tgid,
             direction: opposite(obs.direction),
         };
-        let names = &self.names;
-        let server = names.of_stream(&obs.stream);
-        let same_server = |s| server.is_some() && names.of_stream(&s) == server;
-        if self
-            .pending
-            .candidate(key, &id, obs.stream, obs.session, same_server)
-            .is_some()
-        {
+        if self.candidate(key, &id, obs).is_some() {
             self.on_response(obs, Some(id), Outcome::Http(status), None);
         }
         self.flush();

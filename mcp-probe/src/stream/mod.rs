@@ -375,22 +375,24 @@ impl<C: StreamControl> Pipeline<C> {
             return; // no direction followed: nothing was waiting
         };
         let mut aborted = Vec::new();
+        // Requests are aborted as the closing process sent them.
+        let abort = Observation {
+            tgid,
+            comm,
+            direction: Direction::Write,
+            stream,
+            transport: link.transport,
+            peer: link.peer.as_ref(),
+            session: None,
+            user: None,
+            ts_ns,
+            size: 0,
+        };
         for (direction, half) in DIRECTIONS.into_iter().zip(halves) {
             let Some(mut half) = half else {
                 continue;
             };
-            let obs = Observation {
-                tgid,
-                comm,
-                direction,
-                stream,
-                transport: link.transport,
-                peer: link.peer.as_ref(),
-                session: None,
-                user: None,
-                ts_ns,
-                size: 0,
-            };
+            let obs = Observation { direction, ..abort };
             let texts = &mut half.texts;
             let (stitcher, metrics) = (&mut self.stitcher, &self.metrics);
             half.framer.close(ts_ns, &mut |frame| {
@@ -404,19 +406,7 @@ impl<C: StreamControl> Pipeline<C> {
         }
         exchange.close(&mut aborted);
         if !aborted.is_empty() {
-            let obs = Observation {
-                tgid,
-                comm,
-                direction: Direction::Write,
-                stream,
-                transport: link.transport,
-                peer: link.peer.as_ref(),
-                session: None,
-                user: None,
-                ts_ns,
-                size: 0,
-            };
-            self.stitcher.on_abort(&obs, aborted);
+            self.stitcher.on_abort(&abort, aborted);
         }
     }
 

@@ -126,7 +126,7 @@ fn main() -> anyhow::Result<()> {
 
     // Every fact about processes and sockets is read from this host's /proc through one
     // interface.
-    let host: Arc<dyn Host> = Arc::new(ProcHost);
+    let host: Arc<dyn Host> = Arc::new(ProcHost::default());
     let loaded = loader::load(&loader::LoadOptions {
         ring_bytes: args.ring_bytes,
         wakeup_bytes: args.wakeup_bytes,

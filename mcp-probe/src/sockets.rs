@@ -33,6 +33,9 @@ pub struct SocketInfo {
     pub transport: Transport,
     /// The remote end (for a client: the server it talks to).
     pub peer: Option<Peer>,
+    /// The local end of a TCP socket, when the kernel reported it: a local port that is a
+    /// listening one means the connection was accepted and its peer is a client.
+    pub local: Option<SocketAddr>,
 }
 
 impl SocketInfo {
@@ -40,6 +43,7 @@ impl SocketInfo {
         Self {
             transport: Transport::Unix,
             peer: None,
+            local: None,
         }
     }
 }
@@ -53,10 +57,12 @@ pub fn lookup(host: &dyn Host, tgid: u32, ino: u64) -> SocketInfo {
             // This end serves an accepted connection: its peer is a client, not a server
             // to name.
             peer: (!accepted).then_some(Peer::Tcp(remote)),
+            local: None,
         },
         Some(HostSocket::Unix) => SocketInfo {
             transport: Transport::Unix,
             peer: None,
+            local: None,
         },
         None => SocketInfo::unknown(),
     }
@@ -82,6 +88,9 @@ pub fn from_kernel(info: &KernelSocketInfo) -> SocketInfo {
                 .then(|| addr(&info.remote_addr, info.remote_port))
                 .flatten()
                 .map(Peer::Tcp),
+            local: (info.local_port != 0)
+                .then(|| addr(&info.local_addr, info.local_port))
+                .flatten(),
         },
         AF_UNIX => {
             let path = &info.unix_peer_path;
@@ -90,6 +99,7 @@ pub fn from_kernel(info: &KernelSocketInfo) -> SocketInfo {
             SocketInfo {
                 transport: Transport::Unix,
                 peer: (!path.is_empty()).then_some(Peer::Unix(path)),
+                local: None,
             }
         }
         _ => SocketInfo::unknown(),
@@ -104,45 +114,143 @@ pub fn decode_kernel(payload: &[u8]) -> Option<KernelSocketInfo> {
 }
 
 /// Names a server by address: the process listening on it when it is on this host (seen
-/// from `tgid`'s network namespace), else `host:port`. Cached for a while per address.
+/// from `tgid`'s network namespace), else `host:port`; and tells which sockets were
+/// accepted (their local port is a listening one), whose peer is a client to leave
+/// unnamed.
+///
+/// The cost per new connection does not grow with the host's connections: a namespace's
+/// listening sockets are read as one small table (sock_diag, listeners only) and kept,
+/// read again only when an address is missing from it, at most every
+/// [`LISTENERS_FRESH_FOR`]; a listener's owning process is looked for once per listener;
+/// names are kept per (namespace, address) for [`CACHE_FOR`].
 pub struct Servers {
     /// Where listeners and their owners are looked up.
     host: Arc<dyn Host>,
-    cache: HashMap<Peer, (Instant, ServerRef)>,
+    cache: HashMap<(u64, Peer), (Instant, ServerRef)>,
+    /// Per network namespace: its listening TCP sockets, and when they were read.
+    listeners: HashMap<u64, Listeners>,
+    /// Listener inode -> the process holding it (`None`: not found).
+    owners: HashMap<u64, Option<u32>>,
+}
+
+/// The listening TCP sockets of one namespace, by port.
+struct Listeners {
+    read_at: Instant,
+    by_port: HashMap<u16, Vec<(std::net::IpAddr, u64)>>,
+}
+
+impl Listeners {
+    /// The listener an address connects to: the same port at the same address, or at a
+    /// wildcard one.
+    fn find(&self, addr: SocketAddr) -> Option<u64> {
+        self.by_port
+            .get(&addr.port())?
+            .iter()
+            .find_map(|(ip, inode)| (ip.is_unspecified() || *ip == addr.ip()).then_some(*inode))
+    }
 }
 
 const CACHE_FOR: Duration = Duration::from_secs(30);
+/// A namespace's listeners are read again on a miss only if older than this: a client's
+/// own (ephemeral) port always misses, and must not cost a read per connection.
+pub const LISTENERS_FRESH_FOR: Duration = Duration::from_millis(100);
+/// Entries kept per table before it is emptied (bounded memory).
+const MAX_ENTRIES: usize = 4096;
 
 impl Servers {
     pub fn new(host: Arc<dyn Host>) -> Self {
         Self {
             host,
             cache: HashMap::new(),
+            listeners: HashMap::new(),
+            owners: HashMap::new(),
         }
     }
 
+    /// The socket whose local end is `local`, in `tgid`'s namespace, was accepted from a
+    /// listener (this end serves).
+    pub fn is_accepted(&mut self, tgid: u32, local: SocketAddr) -> bool {
+        let Some(netns) = self.host.netns(tgid) else {
+            return false;
+        };
+        self.tcp_listener(tgid, netns, local).is_some()
+    }
+
     pub fn resolve(&mut self, tgid: u32, peer: Peer) -> ServerRef {
-        if let Some((at, server)) = self.cache.get(&peer) {
+        let netns = self.host.netns(tgid).unwrap_or(0);
+        let key = (netns, peer);
+        if let Some((at, server)) = self.cache.get(&key) {
             if at.elapsed() < CACHE_FOR {
                 return server.clone();
             }
         }
+        let (netns, peer) = key;
         let listener = match &peer {
-            Peer::Tcp(addr) => self.host.tcp_listener(tgid, *addr),
+            Peer::Tcp(addr) => self.tcp_listener(tgid, netns, *addr),
             Peer::Unix(path) => self.host.unix_listener(tgid, path),
         };
         let server = listener
-            .and_then(|inode| self.host.socket_owner(inode))
+            .and_then(|inode| self.owner(inode))
             .map(ServerRef::Process)
             .unwrap_or_else(|| match &peer {
                 Peer::Tcp(addr) => ServerRef::Endpoint(Arc::from(addr.to_string())),
                 Peer::Unix(path) => ServerRef::Endpoint(Arc::from(format!("unix:{path}"))),
             });
-        if self.cache.len() > 4096 {
+        if self.cache.len() > MAX_ENTRIES {
             self.cache.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
         }
-        self.cache.insert(peer, (Instant::now(), server.clone()));
+        self.cache
+            .insert((netns, peer), (Instant::now(), server.clone()));
         server
+    }
+
+    /// The listener `addr` connects to in namespace `netns` (of `tgid`), from the kept
+    /// table; on a miss, from a fresh read if the table is older than
+    /// [`LISTENERS_FRESH_FOR`].
+    fn tcp_listener(&mut self, tgid: u32, netns: u64, addr: SocketAddr) -> Option<u64> {
+        if let Some(table) = self.listeners.get(&netns) {
+            if let Some(inode) = table.find(addr) {
+                return Some(inode);
+            }
+            if table.read_at.elapsed() < LISTENERS_FRESH_FOR {
+                return None;
+            }
+        }
+        let read = self.host.tcp_listeners(tgid)?;
+        let mut by_port: HashMap<u16, Vec<(std::net::IpAddr, u64)>> = HashMap::new();
+        for (local, inode) in read {
+            by_port
+                .entry(local.port())
+                .or_default()
+                .push((local.ip(), inode));
+        }
+        if self.listeners.len() > MAX_ENTRIES {
+            self.listeners.clear();
+        }
+        let table = Listeners {
+            read_at: Instant::now(),
+            by_port,
+        };
+        let found = table.find(addr);
+        self.listeners.insert(netns, table);
+        found
+    }
+
+    /// The process holding listener `inode`, looked for once per listener.
+    fn owner(&mut self, inode: u64) -> Option<u32> {
+        if let Some(owner) = self.owners.get(&inode) {
+            return *owner;
+        }
+        let owner = self.host.socket_owner(inode);
+        if self.owners.len() > MAX_ENTRIES {
+            self.owners.clear();
+        }
+        // A listener not found yet may be found later (its process may still be starting
+        // up); only found owners are kept.
+        if owner.is_some() {
+            self.owners.insert(inode, owner);
+        }
+        owner
     }
 }
 
@@ -272,5 +380,61 @@ mod tests {
         // The host is not asked again within the cache's lifetime.
         host.set_socket_owner(21, 201);
         assert_eq!(servers.resolve(CLIENT, peer), ServerRef::Process(200));
+    }
+
+    /// Under connection churn: every accepted connection is recognised from the kept
+    /// listener table (one read for the namespace, whatever the number of connections),
+    /// and the client's own ephemeral ports re-read it at most once per freshness window.
+    #[test]
+    fn the_cost_per_connection_does_not_grow_with_connections() {
+        const SERVER: u32 = 300;
+        let host = Arc::new(FakeHost::new());
+        host.spawn(SERVER, 1, &["server"]);
+        host.spawn(CLIENT, 1, &["client"]);
+        host.set_netns(SERVER, 7);
+        host.set_netns(CLIENT, 7);
+        for tgid in [SERVER, CLIENT] {
+            host.add_tcp_listener(tgid, tcp("0.0.0.0:8000"), 21);
+        }
+        host.set_socket_owner(21, SERVER);
+        let mut servers = Servers::new(host.clone());
+        for port in 40_000..41_000u16 {
+            let local = SocketAddr::from(([127, 0, 0, 1], 8000));
+            assert!(servers.is_accepted(SERVER, local));
+            let client_end = SocketAddr::from(([127, 0, 0, 1], port));
+            // The first miss may read the table again; then it is fresh.
+            let _ = servers.is_accepted(CLIENT, client_end);
+            assert_eq!(
+                servers.resolve(CLIENT, Peer::Tcp(local)),
+                ServerRef::Process(SERVER)
+            );
+        }
+        assert!(
+            host.listener_dumps() <= 2,
+            "{} reads of the listeners for 1,000 connections",
+            host.listener_dumps()
+        );
+    }
+
+    /// A server that starts listening after the table was read is found once the table is
+    /// older than the freshness window.
+    #[test]
+    fn a_new_listener_is_found_after_the_freshness_window() {
+        let host = Arc::new(FakeHost::new());
+        host.spawn(CLIENT, 1, &["client"]);
+        let mut servers = Servers::new(host.clone());
+        let addr = tcp("127.0.0.1:9300");
+        assert_eq!(
+            servers.resolve(CLIENT, Peer::Tcp(tcp("127.0.0.1:9299"))),
+            endpoint("127.0.0.1:9299")
+        );
+        host.add_tcp_listener(CLIENT, addr, 31);
+        host.set_socket_owner(31, 400);
+        std::thread::sleep(LISTENERS_FRESH_FOR + Duration::from_millis(20));
+        assert_eq!(
+            servers.resolve(CLIENT, Peer::Tcp(addr)),
+            ServerRef::Process(400)
+        );
+        assert!(servers.is_accepted(CLIENT, addr));
     }
 }

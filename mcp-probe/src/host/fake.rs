@@ -28,6 +28,8 @@ struct Tables {
     ticks_per_second: u64,
     /// Socket owner by inode.
     owners: HashMap<u64, u32>,
+    /// Calls of `tcp_listeners`.
+    listener_dumps: u64,
 }
 
 impl Default for Tables {
@@ -39,6 +41,7 @@ impl Default for Tables {
             // Linux's USER_HZ on every architecture the agent runs on.
             ticks_per_second: 100,
             owners: HashMap::new(),
+            listener_dumps: 0,
         }
     }
 }
@@ -55,6 +58,8 @@ struct FakeProcess {
     tcp_listeners: Vec<(SocketAddr, u64)>,
     /// Listening unix sockets in its namespace: path -> inode.
     unix_listeners: HashMap<String, u64>,
+    /// Its network namespace (by default one of its own, numbered after it).
+    netns: Option<u64>,
 }
 
 impl FakeHost {
@@ -148,6 +153,17 @@ impl FakeHost {
         self.with_process(tgid, |p| p.tcp_listeners.push((addr, ino)));
     }
 
+    /// `tgid` is in network namespace `netns` (it sees only its own listeners: add them
+    /// to each process of the namespace).
+    pub fn set_netns(&self, tgid: u32, netns: u64) {
+        self.with_process(tgid, |p| p.netns = Some(netns));
+    }
+
+    /// How many times the listening sockets of a namespace were asked for.
+    pub fn listener_dumps(&self) -> u64 {
+        self.tables.lock().map(|t| t.listener_dumps).unwrap_or(0)
+    }
+
     /// A unix socket `ino` listens on `path` in `tgid`'s namespace.
     pub fn add_unix_listener(&self, tgid: u32, path: &str, ino: u64) {
         self.with_process(tgid, |p| {
@@ -198,16 +214,15 @@ impl Host for FakeHost {
         self.read(tgid, |p| p.sockets.get(&ino).copied())
     }
 
-    fn tcp_listener(&self, tgid: u32, addr: SocketAddr) -> Option<u64> {
-        self.read(tgid, |p| {
-            p.tcp_listeners
-                .iter()
-                .find(|(local, _)| {
-                    local.port() == addr.port()
-                        && (local.ip().is_unspecified() || local.ip() == addr.ip())
-                })
-                .map(|&(_, ino)| ino)
-        })
+    fn netns(&self, tgid: u32) -> Option<u64> {
+        self.read(tgid, |p| Some(p.netns.unwrap_or(u64::from(tgid))))
+    }
+
+    fn tcp_listeners(&self, tgid: u32) -> Option<Vec<(SocketAddr, u64)>> {
+        if let Ok(mut t) = self.tables.lock() {
+            t.listener_dumps += 1;
+        }
+        self.read(tgid, |p| Some(p.tcp_listeners.clone()))
     }
 
     fn unix_listener(&self, tgid: u32, path: &str) -> Option<u64> {

@@ -7,9 +7,9 @@
 //! touching them (today everything is read from /proc with `procfs`; socket facts are
 //! meant to come from netlink sock_diag later).
 //!
-//! Every method is a look-up by key (a tgid, a socket inode, an address): none hands out a
-//! host-wide table, so that a source answering one key at a time (sock_diag filters by
-//! address or inode) can implement it as well as one that scans /proc.
+//! Every method is a look-up by key (a tgid, a socket inode, an address), or hands out a
+//! small table (a namespace's listening sockets): none hands out a host-wide table of
+//! connections, whose size grows with the host's traffic.
 //!
 //! [`ProcHost`] reads the live host; [`FakeHost`] (tests, and the `testing` feature)
 //! answers from tables the test fills.
@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 #[cfg(any(test, feature = "testing"))]
 mod fake;
 mod proc;
+mod sockdiag;
 
 #[cfg(any(test, feature = "testing"))]
 pub use fake::FakeHost;
@@ -77,9 +78,11 @@ pub trait Host: Send + Sync {
     fn clock_ticks_per_second(&self) -> u64;
     /// Socket inode `ino` as seen from process `tgid`'s network namespace.
     fn socket(&self, tgid: u32, ino: u64) -> Option<HostSocket>;
-    /// Inode of the TCP socket listening on `addr` (or on its port at a wildcard address),
-    /// in `tgid`'s network namespace.
-    fn tcp_listener(&self, tgid: u32, addr: SocketAddr) -> Option<u64>;
+    /// The network namespace process `tgid` is in (the inode of `/proc/PID/ns/net`).
+    fn netns(&self, tgid: u32) -> Option<u64>;
+    /// The listening TCP sockets (address, inode) of `tgid`'s network namespace. Costs
+    /// time in proportion to the listeners, not to the namespace's connections.
+    fn tcp_listeners(&self, tgid: u32) -> Option<Vec<(SocketAddr, u64)>>;
     /// Inode of the unix socket listening on `path`, in `tgid`'s network namespace.
     fn unix_listener(&self, tgid: u32, path: &str) -> Option<u64>;
     /// The process holding socket `inode` open.

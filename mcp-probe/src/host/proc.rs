@@ -1,17 +1,20 @@
-//! The live host, read from /proc with `procfs`: the socket tables of a process's network
-//! namespace (`/proc/PID/net/{tcp,tcp6,unix}`), `/proc/PID/{stat,cmdline,status,fd}`,
-//! and `/proc/uptime`.
+//! The live host, read from /proc with `procfs`: `/proc/PID/{stat,cmdline,status,fd}`,
+//! `/proc/uptime`, the socket tables of a process's network namespace
+//! (`/proc/PID/net/{tcp,tcp6,unix}`) where a socket's own record was lost, and the
+//! listening TCP sockets from sock_diag (`/proc` only when sock_diag is refused).
 
 use std::net::SocketAddr;
 
 use procfs::net::{TcpNetEntry, TcpState};
 
-use super::{Host, HostSocket, ProcessSample};
+use super::{sockdiag::SockDiag, Host, HostSocket, ProcessSample};
 
-/// Reads the host the agent runs on. Stateless: every call reads /proc afresh (callers
-/// cache what they need to).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcHost;
+/// Reads the host the agent runs on. Every call reads afresh (callers cache what they
+/// need to); it keeps only one sock_diag socket per network namespace.
+#[derive(Debug, Default)]
+pub struct ProcHost {
+    sockdiag: SockDiag,
+}
 
 fn process(tgid: u32) -> Option<procfs::process::Process> {
     procfs::process::Process::new(tgid as i32).ok()
@@ -89,15 +92,26 @@ impl Host for ProcHost {
             .then_some(HostSocket::Unix)
     }
 
-    fn tcp_listener(&self, tgid: u32, addr: SocketAddr) -> Option<u64> {
-        tcp_table(&process(tgid)?)
-            .iter()
-            .find(|e| {
-                e.state == TcpState::Listen
-                    && e.local_address.port() == addr.port()
-                    && (e.local_address.ip().is_unspecified() || e.local_address.ip() == addr.ip())
-            })
-            .map(|e| e.inode)
+    fn netns(&self, tgid: u32) -> Option<u64> {
+        let meta = std::fs::metadata(format!("/proc/{tgid}/ns/net")).ok()?;
+        Some(std::os::unix::fs::MetadataExt::ino(&meta))
+    }
+
+    fn tcp_listeners(&self, tgid: u32) -> Option<Vec<(SocketAddr, u64)>> {
+        let netns = self.netns(tgid)?;
+        match self.sockdiag.tcp_listeners(tgid, netns) {
+            Ok(listeners) => Some(listeners),
+            Err(e) => {
+                // Without CAP_SYS_ADMIN another namespace cannot be joined: read its table.
+                tracing::debug!(tgid, error = %e, "sock_diag refused; reading /proc/PID/net/tcp");
+                let listeners = tcp_table(&process(tgid)?)
+                    .into_iter()
+                    .filter(|e| e.state == TcpState::Listen)
+                    .map(|e| (e.local_address, e.inode))
+                    .collect();
+                Some(listeners)
+            }
+        }
     }
 
     fn unix_listener(&self, tgid: u32, path: &str) -> Option<u64> {

@@ -911,6 +911,103 @@ pub fn assert_matches_wire(m: &Metrics, server: &str, summary: &serde_json::Valu
     }
 }
 
+// ---- A host with many other TCP sockets (tests/tests/load.rs, the bench) ----
+
+/// `tests/mcp/prefill.py` (plain python3) holding `idle` idle loopback TCP connections
+/// (both ends: 2 × `idle` sockets) and having left `time_wait` sockets in TIME_WAIT, in
+/// this network namespace. Its worker processes share its process group, which is killed
+/// when this is dropped (after closing its stdin, the orderly way out).
+pub struct Prefill {
+    child: Option<Child>,
+    /// What the helper reported once everything was open: `idle`, `time_wait_made`,
+    /// `workers`, `nofile`, and its count of the namespace's TCP table (`sockets`,
+    /// `established`, `time_wait`).
+    pub summary: serde_json::Value,
+}
+
+impl Prefill {
+    pub fn start(idle: usize, time_wait: usize) -> Self {
+        use std::io::BufRead as _;
+        use std::os::unix::process::CommandExt as _;
+        let mut child = Command::new("python3")
+            .arg(harness("prefill.py"))
+            .args(["--idle", &idle.to_string()])
+            .args(["--time-wait", &time_wait.to_string()])
+            .process_group(0)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start prefill.py: {e}"));
+        let stdout = child.stdout.take().expect("prefill stdout");
+        let mut guard = Prefill {
+            child: Some(child),
+            summary: serde_json::Value::Null,
+        };
+        // The helper prints READY (or dies) within seconds: 20,000 connections took 6 s here.
+        let line = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with("READY "))
+            .unwrap_or_else(|| {
+                panic!("prefill.py --idle {idle} --time-wait {time_wait} failed (see its stderr)")
+            });
+        guard.summary = serde_json::from_str(&line["READY ".len()..])
+            .unwrap_or_else(|e| panic!("prefill.py summary {line}: {e}"));
+        guard
+    }
+}
+
+impl Drop for Prefill {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        drop(child.stdin.take()); // EOF: the helper closes everything and exits
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // SAFETY: signalling the process group our own child leads (process_group(0)).
+        unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+        let _ = child.wait();
+    }
+}
+
+/// The TCP line of `ss -s` (iproute2): `(total, established, time_wait)` sockets in this
+/// network namespace.
+pub fn ss_tcp_summary() -> (u64, u64, u64) {
+    let out = Command::new("ss")
+        .arg("-s")
+        .output()
+        .unwrap_or_else(|e| panic!("run ss -s (iproute2): {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "TCP:   40052 (estab 40002, closed 48, orphaned 0, timewait 48)"
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .unwrap_or_else(|| panic!("no TCP line in ss -s:\n{text}"));
+    let number_after = |key: &str| -> u64 {
+        line.split(key)
+            .nth(1)
+            .and_then(|rest| {
+                rest.trim_start()
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no {key:?} in {line:?}"))
+    };
+    (
+        number_after("TCP:"),
+        number_after("estab"),
+        number_after("timewait"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,10 +1,12 @@
 """Connection churn with the official Python SDK 2.x (mcp==2.3.0): server and load driver.
 
-Server: $MCP_ENV/py2/bin/python tests/mcp/churn.py serve --port P
+Server: $MCP_ENV/py2/bin/python tests/mcp/churn.py serve --port P [--stateless] [--json-response]
   `MCPServer("probe-churn")` with one tool `echo(text)`, Streamable HTTP at
-  http://127.0.0.1:P/mcp, the SDK's defaults: stateful (sessions with mcp-session-id,
-  the GET stream, DELETE at the end) and text/event-stream responses. Prints READY,
-  exits 0 on SIGTERM (tests/mcp/_http_serve.py).
+  http://127.0.0.1:P/mcp, by default with the SDK's defaults: stateful (sessions with
+  mcp-session-id, the GET stream, DELETE at the end) and text/event-stream responses.
+  Prints READY, exits 0 on SIGTERM (tests/mcp/_http_serve.py). `--stateless` costs the
+  server more here (5.6 ms of CPU a call against 4.8 ms stateful, 64 sessions x 50 calls);
+  `--json-response` keeps connections alive (no churn).
 
 Driver: $MCP_ENV/py2/bin/python tests/mcp/churn.py drive --url URL
             [--processes P] [--concurrency C] [--calls N] [--max-seconds S]
@@ -19,6 +21,10 @@ Driver: $MCP_ENV/py2/bin/python tests/mcp/churn.py drive --url URL
   + N (tools/call) + 1 (DELETE) connections per session. `--keepalive-check` only prints
   how many TCP connections one session of 5 calls opened (counted in the pool's
   connect events), to verify that claim.
+
+  On the 2-core test machine the SDK costs about 8 ms of client CPU and 4.8 ms of server
+  CPU a call, so 4 x 16 x 50 calls run at about 135 calls/s with both cores busy, without
+  the agent.
 
   The explicit tools/list fills the SDK's output-schema cache, so call_tool never sends
   an implicit one: every request of the session is one the driver made and counted.

@@ -18,8 +18,12 @@ use integration_tests::{
 /// `serverInfo.name` of tests/mcp/churn.py's server: the test asserts on its series only.
 const NAME: &str = "probe-churn";
 /// Idle loopback connections held during the run: 40,000 sockets in this network
-/// namespace's TCP table (both ends are local), as on a busy host. The agent's cost per
-/// new connection grew with this table (it read /proc/PID/net/tcp for each one).
+/// namespace's TCP table (both ends are local), as on a busy host. Idle connections rather
+/// than TIME_WAIT: they stay for the whole run (TIME_WAIT ends after 60 s). The agent's
+/// CPU per new connection grew with this table (it read /proc/PID/net/tcp for each one):
+/// 23, 58 and 79 ms with 3,500, 12,500 and 52,400 sockets (`cargo xtask bench`, commit
+/// 4211411). Without the prefill, the run's own TIME_WAIT (about 5,000) already made the
+/// agent count 1,381 and 1,563 of 6,400 calls; with it, 17 and 26.
 const IDLE_CONNECTIONS: u64 = 20_000;
 /// 4 processes × 16 concurrent sessions, as in the issue (64 clients in 4 processes).
 const PROCESSES: u64 = 4;

@@ -14,6 +14,9 @@
 //!                                                        the same over loopback HTTP
 //! mcp-bench ingest --size N --rate R [--seconds S] [--cpu C]
 //!                                        R JSON-RPC messages/s (requests and responses)
+//! mcp-bench churn --rate R [--size N] [--seconds S] [--cpu C] [--server-cpu C] [--keepalive 1]
+//!                                        R MCP exchanges/s over loopback HTTP, each on a new
+//!                                        TCP connection (the client closes it first)
 //! mcp-bench streams --count N --hold-file F              N pipes, one message each, held
 //! mcp-bench stdio-server | http-server --port P          the servers, spawned by the above
 //! ```
@@ -44,6 +47,8 @@ struct Args {
     hold_file: Option<String>,
     /// `pipe`: move JSON-RPC notifications (an MCP stream) instead of `x` bytes.
     json: bool,
+    /// `churn`: every exchange on one keep-alive connection instead (the reference).
+    keepalive: bool,
 }
 
 fn parse_args() -> Args {
@@ -60,6 +65,7 @@ fn parse_args() -> Args {
         port: 0,
         hold_file: None,
         json: false,
+        keepalive: false,
     };
     while let Some(flag) = it.next() {
         let value = it
@@ -76,6 +82,7 @@ fn parse_args() -> Args {
             "--port" => a.port = num(&value) as u16,
             "--hold-file" => a.hold_file = Some(value),
             "--json" => a.json = value != "0",
+            "--keepalive" => a.keepalive = value != "0",
             _ => usage(&format!("unknown flag {flag}")),
         }
     }
@@ -99,6 +106,7 @@ fn main() {
         "stdio" => stdio(&a),
         "http" => http(&a),
         "ingest" => ingest(&a),
+        "churn" => churn(&a),
         "streams" => streams(&a),
         "stdio-server" => return stdio_server(),
         "http-server" => return http_server(a.port),
@@ -223,6 +231,13 @@ fn response(id: &str, size: usize) -> Vec<u8> {
 const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"mcp-bench","version":"1"}}}"#;
 const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
 
+/// The echo server's answer to `initialize` (its name, `mcp-bench-echo`), without newline.
+fn initialize_result(id: &str) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"protocolVersion":"2025-11-25","capabilities":{{"tools":{{}}}},"serverInfo":{{"name":"mcp-bench-echo","version":"1"}}}}}}"#
+    )
+}
+
 /// The id of a request line (a number after `"id":`), as text.
 fn id_of(line: &[u8]) -> Option<&str> {
     let at = line.windows(5).position(|w| w == b"\"id\":")? + 5;
@@ -250,13 +265,11 @@ fn stdio_server() {
             continue; // a notification
         };
         let reply = if line.windows(12).any(|w| w == b"\"initialize\"") {
-            format!(
-                r#"{{"jsonrpc":"2.0","id":{id},"result":{{"protocolVersion":"2025-11-25","capabilities":{{"tools":{{}}}},"serverInfo":{{"name":"mcp-bench-echo","version":"1"}}}}}}"#
-            )
-            .into_bytes()
-            .into_iter()
-            .chain(*b"\n")
-            .collect()
+            initialize_result(id)
+                .into_bytes()
+                .into_iter()
+                .chain(*b"\n")
+                .collect()
         } else {
             response(id, line.len())
         };
@@ -337,7 +350,8 @@ fn stdio(a: &Args) -> serde_json::Value {
 }
 
 /// A minimal Streamable HTTP endpoint: `POST /mcp` with a JSON body gets a JSON response of
-/// the same size, on a keep-alive connection. One connection at a time.
+/// the same size (`initialize` gets the server's name), on a keep-alive connection. One
+/// connection at a time.
 fn http_server(port: u16) {
     let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind http");
     println!(
@@ -352,8 +366,14 @@ fn http_server(port: u16) {
         let mut writer = conn;
         while let Some(body) = read_http_message(&mut reader) {
             let id = id_of(&body).unwrap_or("0").to_owned();
-            let json = response(&id, body.len() + 1);
-            let json = &json[..json.len() - 1];
+            let json = if body.windows(12).any(|w| w == b"\"initialize\"") {
+                initialize_result(&id).into_bytes()
+            } else {
+                let mut line = response(&id, body.len() + 1);
+                line.pop();
+                line
+            };
+            let json = &json[..];
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
                 json.len()
@@ -402,10 +422,11 @@ fn content_length(headers: &[httparse::Header<'_>]) -> usize {
         .unwrap_or(0)
 }
 
-fn http(a: &Args) -> serde_json::Value {
+/// The echo server (`http-server`) as a child on a free loopback port: (child, port).
+fn spawn_http_server(server_cpu: Option<usize>) -> (Child, u16) {
     let mut cmd = Command::new(std::env::current_exe().expect("own path"));
     cmd.args(["http-server", "--port", "0"]);
-    if let Some(cpu) = a.server_cpu {
+    if let Some(cpu) = server_cpu {
         cmd.args(["--cpu", &cpu.to_string()]);
     }
     let mut server = cmd
@@ -421,19 +442,26 @@ fn http(a: &Args) -> serde_json::Value {
         .strip_prefix("ready: ")
         .and_then(|p| p.parse().ok())
         .expect("port");
+    (server, port)
+}
+
+/// `body` as a Streamable HTTP POST to /mcp.
+fn post(body: &[u8]) -> Vec<u8> {
+    let mut m = format!(
+        "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    m.extend_from_slice(body);
+    m
+}
+
+fn http(a: &Args) -> serde_json::Value {
+    let (mut server, port) = spawn_http_server(a.server_cpu);
     let conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     conn.set_nodelay(true).expect("nodelay");
     let mut reader = BufReader::with_capacity(1 << 16, conn.try_clone().expect("clone"));
     let mut writer = conn;
-    let post = |body: &[u8]| -> Vec<u8> {
-        let mut m = format!(
-            "POST /mcp HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n",
-            body.len()
-        )
-        .into_bytes();
-        m.extend_from_slice(body);
-        m
-    };
     let init = post(INITIALIZE.as_bytes());
     writer.write_all(&init).expect("post initialize");
     read_http_message(&mut reader).expect("initialize response");
@@ -455,6 +483,66 @@ fn http(a: &Args) -> serde_json::Value {
     let _ = server.kill();
     let _ = server.wait();
     per_op(n, secs)
+}
+
+/// `rate` MCP exchanges a second (a `tools/call` POST and its JSON answer, `size` bytes
+/// each), each on a new loopback TCP connection that the client closes first, as the SDKs'
+/// HTTP clients do after every SSE response. Before them, `initialize` on a connection of
+/// its own names the server (`mcp-bench-echo`). `--keepalive 1` sends the same paced
+/// exchanges on one connection instead: the reference without the connection's cost.
+/// Reports the calls made and answered and the connections opened.
+fn churn(a: &Args) -> serde_json::Value {
+    let (mut server, port) = spawn_http_server(a.server_cpu);
+    let connect = || {
+        let conn = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        conn.set_nodelay(true).expect("nodelay");
+        let reader = BufReader::with_capacity(1 << 16, conn.try_clone().expect("clone"));
+        (reader, conn)
+    };
+    let (mut reader, mut writer) = connect();
+    writer
+        .write_all(&post(INITIALIZE.as_bytes()))
+        .expect("post initialize");
+    read_http_message(&mut reader).expect("initialize response");
+    let mut connections = 1u64;
+    let messages: Vec<Vec<u8>> = (1..=64)
+        .map(|i| {
+            let r = request(i, a.size);
+            post(&r[..r.len() - 1])
+        })
+        .collect();
+    let start = Instant::now();
+    let limit = Duration::from_secs_f64(a.seconds);
+    let (mut sent, mut answered) = (0u64, 0u64);
+    while start.elapsed() < limit {
+        let due = (start.elapsed().as_secs_f64() * a.rate) as u64;
+        while sent < due {
+            if !a.keepalive {
+                // Dropping both halves closes the socket: the client's end goes to TIME_WAIT.
+                (reader, writer) = connect();
+                connections += 1;
+            }
+            sent += 1;
+            writer
+                .write_all(&messages[(sent % 64) as usize])
+                .expect("post");
+            if read_http_message(&mut reader).is_some() {
+                answered += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    drop((reader, writer));
+    let _ = server.kill();
+    let _ = server.wait();
+    serde_json::json!({
+        "requests": sent,
+        "responses": answered,
+        "connections": connections,
+        "seconds": elapsed,
+        "requests_per_second": sent as f64 / elapsed,
+    })
 }
 
 /// Requests at `rate / 2` per second (one write each), answered one by one by the echo

@@ -126,16 +126,29 @@ impl Host for ProcHost {
             .map(|e| e.inode)
     }
 
-    /// A scan of /proc/*/fd (no table maps an inode to its holder).
+    /// A scan of /proc/*/fd (no table maps an inode to its holder), processes with the
+    /// fewest descriptors first: `/proc/PID/fd`'s size is its descriptor count (Linux 6.2
+    /// and later; 0 before, which keeps pid order), so an MCP server with a handful of
+    /// descriptors is reached before a process holding tens of thousands of connections,
+    /// whose links would otherwise be read one by one.
     fn socket_owner(&self, inode: u64) -> Option<u32> {
-        procfs::process::all_processes()
+        let mut by_fds: Vec<(u64, procfs::process::Process)> = procfs::process::all_processes()
             .ok()?
             .flatten()
-            .find_map(|p| {
-                let owns = p.fd().ok()?.flatten().any(
+            .map(|p| {
+                let fds = std::fs::metadata(format!("/proc/{}/fd", p.pid))
+                    .map(|m| m.len())
+                    .unwrap_or(u64::MAX);
+                (fds, p)
+            })
+            .collect();
+        by_fds.sort_by_key(|(fds, _)| *fds);
+        by_fds.into_iter().find_map(|(_, p)| {
+            let owns =
+                p.fd().ok()?.flatten().any(
                     |fd| matches!(fd.target, procfs::process::FDTarget::Socket(i) if i == inode),
                 );
-                owns.then_some(p.pid as u32)
-            })
+            owns.then_some(p.pid as u32)
+        })
     }
 }

@@ -167,6 +167,21 @@ impl Servers {
         }
     }
 
+    /// The server at the other end of a socket `tgid` made: the process listening on the
+    /// peer's address, or the address. None for an accepted socket (its local port is a
+    /// listening one): this end serves and its peer is a client. The namespace is read
+    /// once.
+    pub fn peer_server(&mut self, tgid: u32, info: SocketInfo) -> Option<ServerRef> {
+        let netns = self.host.netns(tgid);
+        if let (Some(netns), Some(local)) = (netns, info.local) {
+            if self.tcp_listener(tgid, netns, local).is_some() {
+                return None;
+            }
+        }
+        info.peer
+            .map(|peer| self.resolve_in(tgid, netns.unwrap_or(0), peer))
+    }
+
     /// The socket whose local end is `local`, in `tgid`'s namespace, was accepted from a
     /// listener (this end serves).
     pub fn is_accepted(&mut self, tgid: u32, local: SocketAddr) -> bool {
@@ -178,6 +193,10 @@ impl Servers {
 
     pub fn resolve(&mut self, tgid: u32, peer: Peer) -> ServerRef {
         let netns = self.host.netns(tgid).unwrap_or(0);
+        self.resolve_in(tgid, netns, peer)
+    }
+
+    fn resolve_in(&mut self, tgid: u32, netns: u64, peer: Peer) -> ServerRef {
         let key = (netns, peer);
         if let Some((at, server)) = self.cache.get(&key) {
             if at.elapsed() < CACHE_FOR {

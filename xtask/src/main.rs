@@ -84,7 +84,7 @@ enum Cmd {
 }
 
 /// bpf-linker 0.10.x links with the LLVM inside the rustc toolchain (newer ones need a
-/// system LLVM this platform cannot install; see PLATFORM.md).
+/// system LLVM this platform cannot install; see docs/platform.md).
 const BPF_LINKER_VERSION: &str = "0.10.0";
 /// cargo-fuzz, pinned like bpf-linker; 0.13.2 builds with this toolchain and nightly.
 const CARGO_FUZZ_VERSION: &str = "0.13.2";

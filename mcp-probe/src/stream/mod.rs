@@ -20,7 +20,7 @@ use crate::{
     health::Health,
     host::Host,
     metrics::{AgentMetrics, MapLabels, ReasonLabels},
-    model::{Observation, ServerRef, StreamControl, StreamKey, Transport},
+    model::{Observation, StreamControl, StreamKey, Transport},
     protocols::framer_for,
     sockets,
     stitch::Stitcher,
@@ -75,22 +75,6 @@ pub struct Pipeline<C: StreamControl> {
     control: C,
     /// Where sockets the kernel did not describe are looked up, and processes checked.
     host: Arc<dyn Host>,
-}
-
-/// The server at the other end of a socket `tgid` made (the process listening on the
-/// peer's address, or the address): none for an accepted socket, whose peer is a client.
-fn peer_server(
-    servers: &mut sockets::Servers,
-    tgid: u32,
-    info: sockets::SocketInfo,
-) -> Option<ServerRef> {
-    if info
-        .local
-        .is_some_and(|local| servers.is_accepted(tgid, local))
-    {
-        return None;
-    }
-    info.peer.map(|peer| servers.resolve(tgid, peer))
 }
 
 fn stream_of(r: &Record<'_>) -> StreamKey {
@@ -216,7 +200,7 @@ impl<C: StreamControl> Pipeline<C> {
                         .unwrap_or_else(|| sockets::lookup(host, r.tgid, r.ino));
                     Link {
                         transport: info.transport,
-                        peer: peer_server(servers, r.tgid, info),
+                        peer: servers.peer_server(r.tgid, info),
                     }
                 }
             },
@@ -443,7 +427,7 @@ impl<C: StreamControl> Pipeline<C> {
                     .and_then(|c| c.socket.clone())
                     .unwrap_or_else(|| sockets::lookup(&*self.host, r.tgid, r.ino));
                 let transport = info.transport;
-                let peer = peer_server(&mut self.servers, r.tgid, info);
+                let peer = self.servers.peer_server(r.tgid, info);
                 (peer.is_some(), transport, peer)
             }
         };

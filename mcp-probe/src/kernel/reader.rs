@@ -1,6 +1,6 @@
 //! The drain loop: waits for the ring buffer (woken by the kernel only when a byte threshold
-//! is crossed, see KERNEL-COSTS rule 5) or for the drain interval, drains everything in one
-//! batch, and runs periodic work. Runs on its own thread; all pipeline state lives here.
+//! is crossed, see design rule 5 in docs/platform.md) or for the drain interval, drains everything in one
+//! batch, and runs periodic work. Runs on its own thread; the stream stage and everything after it run here.
 
 use std::{
     os::fd::AsRawFd,

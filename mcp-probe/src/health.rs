@@ -1,5 +1,6 @@
 //! Health of the MCP server processes the agent has identified, and of the agent itself,
-//! read from the host (/proc, through [`Host`]) on the sweep.
+//! read from the host (/proc, through [`Host`]) on the sweep, on a thread of its own
+//! ([`HealthFeed`]) so that the drain never waits on those reads.
 //!
 //! Per server name: the number of live processes, the youngest one's uptime (a restart
 //! loop shows as an uptime that keeps falling back), the sum of their resident memory,
@@ -9,14 +10,98 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        mpsc::{self, SyncSender},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
 use crate::{
     host::Host,
-    metrics::{ExitLabels, HealthMetrics, ServerLabels},
+    metrics::{AgentMetrics, ExitLabels, HealthMetrics, ServerLabels, ShedLookupLabels},
 };
+use prometheus_client::metrics::{counter::Counter, family::Family};
+
+/// Health work queued for the sampler thread at most; more is shed (and counted).
+const QUEUE: usize = 256;
+
+/// What the pipeline hands over: exits as they happen, the server list on each sweep.
+enum Work {
+    Exit {
+        tgid: u32,
+        status: u32,
+        server: Option<String>,
+    },
+    Update(Vec<(u32, String)>),
+}
+
+/// Where the pipeline sends health work: done at once (tests, fuzzing), or on the
+/// sampler thread, in order, through a bounded queue.
+pub struct HealthFeed(Feed);
+
+enum Feed {
+    Inline(Box<Health>),
+    Thread {
+        work: SyncSender<Work>,
+        /// `mcp_probe_lookups_shed_total`.
+        shed: Family<ShedLookupLabels, Counter>,
+    },
+}
+
+impl From<Health> for HealthFeed {
+    fn from(health: Health) -> Self {
+        HealthFeed(Feed::Inline(Box::new(health)))
+    }
+}
+
+impl HealthFeed {
+    /// Starts the sampler thread; work it has no room for is counted in
+    /// `mcp_probe_lookups_shed_total{lookup="health"}`.
+    pub fn spawn(mut health: Health, metrics: AgentMetrics) -> std::io::Result<Self> {
+        let (work, queue) = mpsc::sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("mcp-probe-health".into())
+            .spawn(move || {
+                for job in queue {
+                    health.run(job);
+                }
+            })?;
+        Ok(HealthFeed(Feed::Thread {
+            work,
+            shed: metrics.lookups_shed.clone(),
+        }))
+    }
+
+    /// A watched process exited with wait(2) status `status` (see [`Health::on_exit`]).
+    pub fn on_exit(&mut self, tgid: u32, status: u32, server: Option<String>) {
+        self.send(Work::Exit {
+            tgid,
+            status,
+            server,
+        });
+    }
+
+    /// Every live server process the agent knows, with its settled name.
+    pub fn update(&mut self, servers: Vec<(u32, String)>) {
+        self.send(Work::Update(servers));
+    }
+
+    fn send(&mut self, job: Work) {
+        match &mut self.0 {
+            Feed::Inline(health) => health.run(job),
+            Feed::Thread { work, shed } => {
+                if work.try_send(job).is_err() {
+                    shed.get_or_create(&ShedLookupLabels {
+                        lookup: "health",
+                        reason: "queue_full",
+                    })
+                    .inc();
+                }
+            }
+        }
+    }
+}
 
 /// A server process appearing within this long of one of its name exiting is a restart.
 const RESTART_WINDOW: Duration = Duration::from_secs(300);
@@ -49,6 +134,17 @@ impl Health {
             names: HashMap::new(),
             recent_exits: HashMap::new(),
             agent_cpu_ticks: 0,
+        }
+    }
+
+    fn run(&mut self, job: Work) {
+        match job {
+            Work::Exit {
+                tgid,
+                status,
+                server,
+            } => self.on_exit(tgid, status, server),
+            Work::Update(servers) => self.update(&servers),
         }
     }
 

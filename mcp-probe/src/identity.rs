@@ -6,17 +6,67 @@ use std::sync::Arc;
 
 use crate::{host::Host, HashMap};
 
+/// What the host says about a process, read once while it runs (on the lookup thread).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// Clock ticks after boot: tells a reused pid from the process first seen.
+    pub start_time: Option<u64>,
+    /// The name derived from its command line (never the command line itself: arguments
+    /// can hold credentials).
+    pub derived_name: Option<String>,
+    pub uid: Option<u32>,
+}
+
+impl Identity {
+    pub fn read(host: &dyn Host, tgid: u32) -> Self {
+        // The start time first: should the pid be reused between the reads, the name
+        // belongs to a process younger than the start time kept, so the next sweep (which
+        // compares start times) forgets it and the name is read again; the other order
+        // would pin the old process's name on the new one.
+        let start_time = host.process_start_time(tgid);
+        let cmdline = host.process_cmdline(tgid).unwrap_or_default();
+        Self {
+            start_time,
+            derived_name: derive_name(&cmdline),
+            uid: host.process_uid(tgid),
+        }
+    }
+}
+
 /// Per-process identity cache, keyed by tgid and checked against the process start time
-/// so a reused pid never inherits an old name.
+/// so a reused pid never inherits an old name. Filled from [`Identity`] answers; nothing
+/// here reads a process's files except the periodic liveness checks.
 pub struct Processes {
-    /// Where command lines and start times are read.
+    /// Where start times are read for liveness.
     host: Arc<dyn Host>,
     by_tgid: HashMap<u32, ProcessInfo>,
 }
 
 struct ProcessInfo {
+    /// `None` until the process is identified.
     start_time: Option<u64>,
     derived_name: String,
+    uid: Option<u32>,
+    identified: bool,
+}
+
+impl ProcessInfo {
+    fn unidentified(tgid: u32, comm: &str) -> Self {
+        Self {
+            start_time: None,
+            derived_name: fallback_name(tgid, comm),
+            uid: None,
+            identified: false,
+        }
+    }
+}
+
+fn fallback_name(tgid: u32, comm: &str) -> String {
+    if comm.is_empty() {
+        format!("pid-{tgid}")
+    } else {
+        comm.to_owned()
+    }
 }
 
 impl Processes {
@@ -27,46 +77,53 @@ impl Processes {
         }
     }
 
-    /// The name derived from the process's command line (or its comm).
+    /// The name derived from the process's command line (or its comm, or its pid while
+    /// it is not identified).
     pub fn server_name(&mut self, tgid: u32) -> String {
-        self.info(tgid, "").derived_name.clone()
+        self.by_tgid
+            .entry(tgid)
+            .or_insert_with(|| ProcessInfo::unidentified(tgid, ""))
+            .derived_name
+            .clone()
     }
 
-    /// Notes a process seen in traffic; its command line is read once, now, while it runs.
+    /// Notes a process seen in traffic (named `comm` by the kernel) until it is identified.
     pub fn observe(&mut self, tgid: u32, comm: &str) {
-        self.info(tgid, comm);
+        self.by_tgid
+            .entry(tgid)
+            .or_insert_with(|| ProcessInfo::unidentified(tgid, comm));
+    }
+
+    /// Whether `tgid` is identified already.
+    pub fn is_identified(&self, tgid: u32) -> bool {
+        self.by_tgid.get(&tgid).is_some_and(|i| i.identified)
+    }
+
+    /// What the host said about `tgid`.
+    pub fn identified(&mut self, tgid: u32, identity: Identity) {
+        let info = self
+            .by_tgid
+            .entry(tgid)
+            .or_insert_with(|| ProcessInfo::unidentified(tgid, ""));
+        tracing::debug!(tgid, name = ?identity.derived_name, "process identified");
+        if let Some(name) = identity.derived_name {
+            info.derived_name = name;
+        }
+        info.start_time = identity.start_time;
+        info.uid = identity.uid;
+        info.identified = true;
+    }
+
+    /// The process's uid, once identified.
+    pub fn uid(&self, tgid: u32) -> Option<u32> {
+        self.by_tgid.get(&tgid)?.uid
     }
 
     /// The process still runs and is the one we know (not a reused pid).
     pub fn is_alive(&self, tgid: u32) -> bool {
-        let known = self.by_tgid.get(&tgid).map(|i| i.start_time);
+        let known = self.by_tgid.get(&tgid).and_then(|i| i.start_time);
         let now = self.host.process_start_time(tgid);
-        now.is_some() && known.is_none_or(|k| k == now)
-    }
-
-    fn info(&mut self, tgid: u32, comm: &str) -> &mut ProcessInfo {
-        let host = &self.host;
-        self.by_tgid.entry(tgid).or_insert_with(|| {
-            // The start time first: should the pid be reused between the two reads, the
-            // name belongs to a process younger than the start time kept, so the next
-            // sweep (which compares start times) forgets it and the name is read again;
-            // the other order would pin the old process's name on the new one.
-            let start_time = host.process_start_time(tgid);
-            let cmdline = host.process_cmdline(tgid).unwrap_or_default();
-            let derived_name = derive_name(&cmdline).unwrap_or_else(|| {
-                if comm.is_empty() {
-                    format!("pid-{tgid}")
-                } else {
-                    comm.to_owned()
-                }
-            });
-            // Never the command line: arguments can hold credentials.
-            tracing::debug!(tgid, comm, name = %derived_name, "process identified");
-            ProcessInfo {
-                start_time,
-                derived_name,
-            }
-        })
+        now.is_some() && known.is_none_or(|k| Some(k) == now)
     }
 
     /// Forgets a process that exited.
@@ -79,7 +136,7 @@ impl Processes {
         let host = &self.host;
         self.by_tgid.retain(|&tgid, info| {
             let now = host.process_start_time(tgid);
-            now.is_some() && now == info.start_time
+            now.is_some() && (info.start_time.is_none() || now == info.start_time)
         });
     }
 }
@@ -189,6 +246,11 @@ mod tests {
         (host, processes)
     }
 
+    /// What the lookup thread would do: read the process, hand the answer on.
+    fn identify(host: &FakeHost, processes: &mut Processes, tgid: u32) {
+        processes.identified(tgid, Identity::read(host, tgid));
+    }
+
     #[test]
     fn names_a_process_from_its_command_line_else_its_comm_else_its_pid() {
         let (host, mut processes) = processes();
@@ -196,6 +258,12 @@ mod tests {
         host.set_exists(101); // runs, but its command line cannot be read
         processes.observe(100, "uvx");
         processes.observe(101, "weather");
+        // Until the answer is in, the kernel's comm.
+        assert_eq!(processes.server_name(100), "uvx");
+        assert!(!processes.is_identified(100));
+        identify(&host, &mut processes, 100);
+        identify(&host, &mut processes, 101);
+        assert!(processes.is_identified(100));
         assert_eq!(processes.server_name(100), "mcp-server-git");
         assert_eq!(processes.server_name(101), "weather");
         // Neither a command line nor a comm: only the pid is left.
@@ -203,10 +271,11 @@ mod tests {
     }
 
     #[test]
-    fn reads_a_command_line_once_while_the_process_lives() {
+    fn keeps_the_name_read_while_the_process_lived() {
         let (host, mut processes) = processes();
         host.spawn(100, 5_000, &["python3", "-m", "weather_mcp"]);
         processes.observe(100, "python3");
+        identify(&host, &mut processes, 100);
         // exec() changes the command line, not the process: the name stays.
         host.set_cmdline(100, &["/usr/bin/sleep", "10"]);
         assert_eq!(processes.server_name(100), "weather_mcp");
@@ -214,10 +283,11 @@ mod tests {
     }
 
     #[test]
-    fn a_reused_pid_is_not_the_process_known_and_gets_its_own_name() {
+    fn a_reused_pid_is_not_the_process_known() {
         let (host, mut processes) = processes();
         host.spawn(100, 5_000, &["python3", "/srv/mcp/weather_server.py"]);
         processes.observe(100, "python3");
+        identify(&host, &mut processes, 100);
         assert_eq!(processes.server_name(100), "weather_server.py");
 
         // The process exits and its pid goes to another one, started later.
@@ -225,9 +295,12 @@ mod tests {
         assert!(!processes.is_alive(100));
         host.spawn(100, 9_000, &["/opt/bin/github-mcp-server", "stdio"]);
         assert!(!processes.is_alive(100), "another process holds the pid");
-        // Until a sweep, the old name is kept; the sweep compares start times.
+        // Until a sweep, the old name is kept; the sweep compares start times and
+        // forgets it, so the new process is identified afresh.
         assert_eq!(processes.server_name(100), "weather_server.py");
         processes.sweep();
+        assert!(!processes.is_identified(100));
+        identify(&host, &mut processes, 100);
         assert_eq!(processes.server_name(100), "github-mcp-server");
         assert!(processes.is_alive(100));
     }
@@ -237,16 +310,29 @@ mod tests {
         let (host, mut processes) = processes();
         host.spawn(100, 5_000, &["node", "/x/server-everything/dist/index.js"]);
         host.spawn(200, 6_000, &["node", "/x/server-memory/dist/index.js"]);
+        host.spawn(300, 7_000, &["node", "/x/server-time/dist/index.js"]);
         processes.observe(100, "node");
         processes.observe(200, "node");
+        processes.observe(300, "node"); // not identified yet: kept while it runs
+        identify(&host, &mut processes, 100);
+        identify(&host, &mut processes, 200);
         host.exit(200);
         processes.sweep();
-        // 100 is kept: changing its command line now does not rename it.
-        host.set_cmdline(100, &["bun", "other.js"]);
         assert_eq!(processes.server_name(100), "server-everything");
-        // 200 was forgotten: asked again, it is read again (and is gone: its pid only).
+        assert_eq!(processes.server_name(300), "node");
+        // 200 was forgotten: asked again, only its pid is left.
         assert_eq!(processes.server_name(200), "pid-200");
         assert!(!processes.is_alive(200));
+    }
+
+    #[test]
+    fn identity_reads_uid_and_start_time() {
+        let host = FakeHost::new();
+        host.spawn(100, 5_000, &["python3", "-m", "weather_mcp"]);
+        let identity = Identity::read(&host, 100);
+        assert_eq!(identity.start_time, Some(5_000));
+        assert_eq!(identity.derived_name.as_deref(), Some("weather_mcp"));
+        assert_eq!(Identity::read(&host, 999), Identity::default());
     }
 
     fn name(cmd: &str) -> Option<String> {

@@ -27,6 +27,8 @@ pub mod identity;
 pub mod kernel;
 /// Caps on label values and label combinations learned from traffic.
 pub mod labels;
+/// Lookups that read /proc or netlink, on their own thread.
+pub mod lookups;
 /// The Prometheus families, and the recorder that turns events into series.
 pub mod metrics;
 /// Vocabulary every stage shares: stream key, transport, server, side, observation.

@@ -19,6 +19,7 @@ use mcp_probe::{
     health,
     host::{Host, ProcHost},
     kernel::{loader, reader},
+    lookups::Lookups,
     metrics::{self, BuildInfoLabels, Metrics},
     privileges, server, sinks,
     stitch::{StitchConfig, Stitcher},
@@ -195,10 +196,15 @@ fn main() -> anyhow::Result<()> {
     let pipeline = Pipeline::new(
         pipeline_config,
         stitcher,
-        health::Health::new(metrics.health.clone(), host.clone()),
+        health::HealthFeed::spawn(
+            health::Health::new(metrics.health.clone(), host.clone()),
+            metrics.agent.clone(),
+        )
+        .context("cannot start the health thread")?,
         metrics.agent.clone(),
         streams,
-        host,
+        host.clone(),
+        Lookups::spawn(host, metrics.agent.clone()).context("cannot start the lookup thread")?,
     );
 
     let stop = Arc::new(AtomicBool::new(false));

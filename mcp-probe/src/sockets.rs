@@ -113,6 +113,27 @@ pub fn decode_kernel(payload: &[u8]) -> Option<KernelSocketInfo> {
         .then(|| unsafe { std::ptr::read_unaligned(payload.as_ptr().cast::<KernelSocketInfo>()) })
 }
 
+/// The other end of a socket, as seen from one of its processes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerEnd {
+    /// This end was accepted from a listener: it serves, and its peer is a client.
+    Client,
+    /// This end connected to a server.
+    Server(ServerRef),
+    /// No peer address (an unnamed unix socket, or a socket already closed).
+    Unknown,
+}
+
+impl PeerEnd {
+    /// The server to name for exchanges on the socket, if any.
+    pub fn server(self) -> Option<ServerRef> {
+        match self {
+            PeerEnd::Server(s) => Some(s),
+            PeerEnd::Client | PeerEnd::Unknown => None,
+        }
+    }
+}
+
 /// Names a server by address: the process listening on it when it is on this host (seen
 /// from `tgid`'s network namespace), else `host:port`; and tells which sockets were
 /// accepted (their local port is a listening one), whose peer is a client to leave
@@ -167,19 +188,21 @@ impl Servers {
         }
     }
 
-    /// The server at the other end of a socket `tgid` made: the process listening on the
-    /// peer's address, or the address. None for an accepted socket (its local port is a
-    /// listening one): this end serves and its peer is a client. The namespace is read
-    /// once.
-    pub fn peer_server(&mut self, tgid: u32, info: SocketInfo) -> Option<ServerRef> {
+    /// What is at the other end of a socket of `tgid`: a client, when this end was
+    /// accepted (its local port is a listening one); else the server it connected to,
+    /// named by the process listening on the peer's address, or by the address. The
+    /// namespace is read once.
+    pub fn peer_end(&mut self, tgid: u32, info: &SocketInfo) -> PeerEnd {
         let netns = self.host.netns(tgid);
         if let (Some(netns), Some(local)) = (netns, info.local) {
             if self.tcp_listener(tgid, netns, local).is_some() {
-                return None;
+                return PeerEnd::Client;
             }
         }
-        info.peer
-            .map(|peer| self.resolve_in(tgid, netns.unwrap_or(0), peer))
+        match &info.peer {
+            Some(peer) => PeerEnd::Server(self.resolve_in(tgid, netns.unwrap_or(0), peer.clone())),
+            None => PeerEnd::Unknown,
+        }
     }
 
     /// The socket whose local end is `local`, in `tgid`'s namespace, was accepted from a

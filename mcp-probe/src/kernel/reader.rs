@@ -1,6 +1,8 @@
 //! The drain loop: waits for the ring buffer (woken by the kernel only when a byte threshold
 //! is crossed, see design rule 5 in docs/platform.md) or for the drain interval, drains everything in one
 //! batch, and runs periodic work. Runs on its own thread; the stream stage and everything after it run here.
+//! What reads `/proc` or asks netlink per connection or process runs on the lookup thread
+//! ([`crate::lookups`]), whose answers wake this loop too.
 
 use std::{
     os::fd::AsRawFd,
@@ -61,15 +63,21 @@ pub fn run<C: StreamControl>(
     // burst is drained at once however long the timer.
     let mut timeout_ms = busy_ms;
     let fd = events.as_raw_fd();
+    // The lookup thread's signal: records waiting for its answers are handled as soon as
+    // they are in, not at the next drain.
+    let lookups_fd = pipeline.lookups_fd().unwrap_or(-1);
     loop {
-        let mut pfd = libc::pollfd {
+        let mut pfds = [fd, lookups_fd].map(|fd| libc::pollfd {
             fd,
             events: libc::POLLIN,
             revents: 0,
-        };
+        });
         let wait = timeout_ms.min(sweep_due_ms(last_sweep, config.sweep_interval));
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, wait) };
+        // SAFETY: two valid pollfds (a negative fd is ignored by poll).
+        unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, wait) };
+        if pfds[1].revents & libc::POLLIN != 0 {
+            pipeline.on_lookups_signal();
+        }
         // Let a burst build up into one batch before draining.
         let mut drained = 0u64;
         while let Some(item) = events.next() {

@@ -54,6 +54,19 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// `mcp_probe_lookups_total{lookup}`: what was looked up off the drain thread.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    pub lookup: &'static str,
+}
+
+/// `mcp_probe_lookups_shed_total{lookup,reason}`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShedLookupLabels {
+    pub lookup: &'static str,
+    pub reason: &'static str,
+}
+
 /// `mcp_probe_evictions_total{what}`: what a limit pushed out.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WhatLabels {

@@ -155,6 +155,9 @@ pub struct AgentMetrics {
     pub map_entries: Family<MapLabels, Gauge>,
     pub map_capacity: Family<MapLabels, Gauge>,
     pub label_overflow: Family<LabelNameLabels, Counter>,
+    pub lookups: Family<LookupLabels, Counter>,
+    pub lookups_shed: Family<ShedLookupLabels, Counter>,
+    pub lookup_waiting_bytes: Gauge,
     pub build_info: Family<BuildInfoLabels, Gauge>,
 }
 
@@ -191,6 +194,9 @@ impl Default for AgentMetrics {
             map_entries: Family::default(),
             map_capacity: Family::default(),
             label_overflow: Family::default(),
+            lookups: Family::default(),
+            lookups_shed: Family::default(),
+            lookup_waiting_bytes: Gauge::default(),
             build_info: Family::default(),
         }
     }
@@ -319,6 +325,21 @@ impl AgentMetrics {
             "mcp_probe_hook_attached",
             "1 for each kernel hook attached, 0 for an optional one (close, dup, fork, exec, exit) that could not be (category:tracepoint)",
             m.hooks.clone(),
+        );
+        r.register(
+            "mcp_probe_lookups",
+            "Lookups run off the drain thread, by lookup (peer: which server a new socket reaches, or that it was accepted; process: a new process's name and uid)",
+            m.lookups.clone(),
+        );
+        r.register(
+            "mcp_probe_lookups_shed",
+            "Lookups not run or not waited for, by lookup and reason (queue_full, timed_out, waiting_full); the stream goes on named by its address, the process by its comm",
+            m.lookups_shed.clone(),
+        );
+        r.register(
+            "mcp_probe_lookup_waiting_bytes",
+            "Bytes of records held until a lookup answers",
+            m.lookup_waiting_bytes.clone(),
         );
         r.register(
             "mcp_probe_pending_requests",
@@ -497,6 +518,13 @@ impl AgentMetrics {
         if n > 0 {
             self.evictions.get_or_create(&WhatLabels { what }).inc_by(n);
         }
+    }
+
+    /// A lookup that was not run, or not waited for.
+    pub fn shed_lookup(&self, lookup: &'static str, reason: &'static str) {
+        self.lookups_shed
+            .get_or_create(&ShedLookupLabels { lookup, reason })
+            .inc();
     }
 
     pub fn discarded(&self, reason: &'static str, n: u64) {

@@ -4,6 +4,7 @@
 use super::{Finished, Stitcher};
 use crate::{
     events::{ActiveSession, Ending, Event},
+    identity::Identity,
     model::{Observation, ServerRef, Side, StreamKey},
     stitch::sessions::{Session, SessionId, SessionKey, IDLE_NS},
     HashMap, HashSet,
@@ -22,6 +23,16 @@ impl Stitcher {
         }
         self.processes.observe(tgid, comm);
         self.flush();
+    }
+
+    /// What the host said about process `tgid` (its name, uid and start time).
+    pub fn on_identified(&mut self, tgid: u32, identity: Identity) {
+        self.processes.identified(tgid, identity);
+    }
+
+    /// Whether process `tgid` is identified already.
+    pub fn is_identified(&self, tgid: u32) -> bool {
+        self.processes.is_identified(tgid)
     }
 
     /// A process exited. The requests it was waiting on will never be answered for it

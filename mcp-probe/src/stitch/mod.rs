@@ -138,8 +138,7 @@ pub struct Stitcher {
     config: StitchConfig,
     needs: SinkNeeds,
     consumers: Vec<Box<dyn Consumer>>,
-    /// Where uids are read (process names: through `processes`).
-    host: Arc<dyn Host>,
+    /// Who processes are (filled from the lookup thread's answers).
     processes: Processes,
     pending: PendingTable,
     /// The pending count last handed on.
@@ -155,8 +154,8 @@ pub struct Stitcher {
 }
 
 impl Stitcher {
-    /// A stitcher handing its events to `consumers`, in order, and asking `host` about
-    /// processes.
+    /// A stitcher handing its events to `consumers`, in order, and asking `host` whether
+    /// processes still run.
     pub fn new(
         config: StitchConfig,
         host: Arc<dyn Host>,
@@ -174,8 +173,7 @@ impl Stitcher {
             },
             needs,
             consumers,
-            processes: Processes::new(host.clone()),
-            host,
+            processes: Processes::new(host),
             pending: PendingTable::new(config.max_pending, config.max_pending_per_process),
             pending_reported: 0,
             unanswered: Unanswered::default(),
@@ -371,8 +369,8 @@ impl Stitcher {
         } else {
             obs.tgid
         };
-        let host = &self.host;
-        let uid = self.clients.uid(client, |tgid| host.process_uid(tgid))?;
+        let processes = &self.processes;
+        let uid = self.clients.uid(client, |tgid| processes.uid(tgid))?;
         Some(format!("uid:{uid}"))
     }
 

@@ -10,15 +10,17 @@ mod connection;
 mod deliver;
 #[cfg(test)]
 mod tests;
+mod waiting;
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Instant};
 
 use mcp_probe_common::{errno, Direction, EventKind, StreamKind};
 
 use crate::{
     decode::{decode, Record},
-    health::Health,
+    health::HealthFeed,
     host::Host,
+    lookups::{Found, Lookup, Lookups},
     metrics::{AgentMetrics, MapLabels, ReasonLabels},
     model::{Observation, StreamControl, StreamKey, Transport},
     protocols::framer_for,
@@ -28,6 +30,7 @@ use crate::{
 };
 
 use connection::{Connection, Connections, Half, Link, TextCounts};
+use waiting::{PeerAnswers, Waiting};
 
 /// A stream with this many framed lines and none of them JSON-RPC is dropped.
 const NON_JSONRPC_LINES_BEFORE_IGNORE: u64 = 8;
@@ -65,15 +68,18 @@ impl Default for PipelineConfig {
 pub struct Pipeline<C: StreamControl> {
     config: PipelineConfig,
     connections: Connections,
-    servers: sockets::Servers,
+    /// Peers and processes looked up off this thread; what needs an answer waits.
+    lookups: Lookups,
+    waiting: Waiting,
+    peers: PeerAnswers,
     pub stitcher: Stitcher,
-    health: Health,
+    health: HealthFeed,
     /// Processes whose exit the kernel was asked to report.
     watched: HashSet<u32>,
     sweeps: u64,
     metrics: AgentMetrics,
     control: C,
-    /// Where sockets the kernel did not describe are looked up, and processes checked.
+    /// Where processes are checked for liveness (periodically).
     host: Arc<dyn Host>,
 }
 
@@ -88,15 +94,18 @@ impl<C: StreamControl> Pipeline<C> {
     pub fn new(
         config: PipelineConfig,
         stitcher: Stitcher,
-        health: Health,
+        health: HealthFeed,
         metrics: AgentMetrics,
         control: C,
         host: Arc<dyn Host>,
+        lookups: Lookups,
     ) -> Self {
         Self {
             connections: Connections::new(config.max_buffered_bytes),
             config,
-            servers: sockets::Servers::new(host.clone()),
+            lookups,
+            waiting: Waiting::default(),
+            peers: PeerAnswers::default(),
             host,
             stitcher,
             health,
@@ -110,8 +119,22 @@ impl<C: StreamControl> Pipeline<C> {
     /// Handles one raw ring buffer record.
     pub fn on_record_bytes(&mut self, bytes: &[u8]) {
         self.metrics.records.inc();
+        self.handle(bytes);
+        if !self.waiting.is_empty() {
+            self.on_lookups();
+        }
+    }
+
+    /// A record, now or (when it needs a lookup's answer) once the answer is in.
+    fn handle(&mut self, bytes: &[u8]) {
         match decode(bytes) {
-            Ok(record) => self.on_record(&record),
+            Ok(record) => {
+                if self.must_wait(&record) {
+                    self.hold(&record, bytes);
+                } else {
+                    self.on_record(&record);
+                }
+            }
             Err(_) => {
                 self.metrics
                     .parse_errors
@@ -121,7 +144,192 @@ impl<C: StreamControl> Pipeline<C> {
         }
     }
 
-    pub fn on_record(&mut self, r: &Record<'_>) {
+    /// Whether `r` must wait for a lookup: its stream's records wait already, its process
+    /// is being identified, or it is the first record of a socket whose peer is not known
+    /// (the lookup is asked here). An exit waits for what its process left waiting.
+    fn must_wait(&mut self, r: &Record<'_>) -> bool {
+        let stream = stream_of(r);
+        if self.waiting.holds(&stream) {
+            return true;
+        }
+        match r.kind {
+            EventKind::ProcessExit => return self.waiting.holds_process(r.tgid),
+            EventKind::Followed | EventKind::SocketInfo => return false,
+            EventKind::Data | EventKind::Gap | EventKind::Close | EventKind::Error => {}
+        }
+        self.first_sight(r.tgid, r.comm());
+        if self.waiting.is_identifying(r.tgid) {
+            return true;
+        }
+        let linked = self
+            .connections
+            .get(&stream)
+            .is_some_and(|c| c.link.is_some());
+        if r.kind == EventKind::Close || linked {
+            return false;
+        }
+        match self.link_now(r) {
+            Some(link) => {
+                self.peers.answer(stream, link);
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// What carries a new stream, from what is known now; else its peer is asked for
+    /// (None: the stream waits for the answer).
+    fn link_now(&mut self, r: &Record<'_>) -> Option<Link> {
+        let stream = stream_of(r);
+        if r.stream_kind == StreamKind::Pipe {
+            return Some(Link {
+                transport: Transport::Pipe,
+                peer: None,
+            });
+        }
+        if let Some(link) = self.peers.take(&stream) {
+            return Some(link);
+        }
+        let socket = self.connections.get(&stream).and_then(|c| c.socket.clone());
+        if let Some(link) = socket.as_ref().and_then(|s| self.peers.known(r.tgid, s)) {
+            return Some(link);
+        }
+        let asked = self.lookups.ask(Lookup::Peer {
+            stream,
+            tgid: r.tgid,
+            socket: socket.clone(),
+        });
+        if asked {
+            self.waiting.await_peer(stream);
+            None
+        } else {
+            Some(waiting::without_lookup(socket.as_ref()))
+        }
+    }
+
+    /// Keeps a record until the lookups it needs are answered.
+    fn hold(&mut self, r: &Record<'_>, bytes: &[u8]) {
+        if r.kind == EventKind::ProcessExit {
+            self.waiting.hold_exit(r.tgid, bytes);
+        } else {
+            let socket = r.stream_kind == StreamKind::Socket;
+            self.waiting.hold(stream_of(r), socket, r.tgid, bytes);
+        }
+        if self.waiting.bytes() > waiting::MAX_WAITING_BYTES {
+            // Too much waits: this stream goes on without its answers.
+            self.give_up(&stream_of(r), "waiting_full");
+            self.release_ready();
+        }
+        self.metrics
+            .lookup_waiting_bytes
+            .set(self.waiting.bytes() as i64);
+    }
+
+    /// Applies the lookups' answers that arrived, and handles the records that waited for
+    /// them. Called after each record while something waits, and when the lookup thread
+    /// signals.
+    pub fn on_lookups(&mut self) {
+        loop {
+            let answers = self.lookups.answers();
+            if answers.is_empty() {
+                break;
+            }
+            for found in answers {
+                self.apply(found);
+            }
+            self.release_ready();
+        }
+        self.metrics
+            .lookup_waiting_bytes
+            .set(self.waiting.bytes() as i64);
+    }
+
+    /// Answers the lookups held (with [`Lookups::held`]) until none is asked any more.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn release_lookups(&mut self) {
+        while self.lookups.release() {
+            self.on_lookups();
+        }
+    }
+
+    /// The lookup thread's wake-up descriptor (readable when answers are in).
+    pub fn lookups_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.lookups.wake_fd()
+    }
+
+    /// The lookup thread signalled: reset its signal, apply what it answered.
+    pub fn on_lookups_signal(&mut self) {
+        self.lookups.acknowledge_wake();
+        self.on_lookups();
+    }
+
+    fn apply(&mut self, found: Found) {
+        match found {
+            Found::Peer {
+                stream,
+                tgid,
+                socket,
+                end,
+                server,
+            } => {
+                self.peers.learn(tgid, &socket, &end);
+                if let Some((pid, identity)) = server {
+                    if !self.stitcher.is_identified(pid) {
+                        self.stitcher.on_identified(pid, identity);
+                    }
+                }
+                if self.waiting.peer_answered(&stream) {
+                    let link = Link {
+                        transport: socket.transport,
+                        peer: end.server(),
+                    };
+                    if self
+                        .connections
+                        .get(&stream)
+                        .is_none_or(|c| c.socket.is_none())
+                    {
+                        self.connections.set_socket(stream, socket);
+                    }
+                    self.peers.answer(stream, link);
+                }
+            }
+            Found::Process { tgid, identity } => {
+                self.waiting.identified(tgid);
+                self.stitcher.on_identified(tgid, identity);
+            }
+        }
+    }
+
+    /// Handles, in order, the records whose lookups are all answered.
+    fn release_ready(&mut self) {
+        for record in self.waiting.ready() {
+            self.handle(&record);
+        }
+    }
+
+    /// `stream` stops waiting (its lookups counted as shed): a socket is named by its
+    /// address, a process by its comm.
+    fn give_up(&mut self, stream: &StreamKey, reason: &'static str) {
+        let gave_up = self.waiting.give_up(stream);
+        let linked = self
+            .connections
+            .get(stream)
+            .and_then(|c| c.link.as_ref())
+            .is_some();
+        if gave_up.socket && !linked {
+            let socket = self.connections.get(stream).and_then(|c| c.socket.clone());
+            self.peers
+                .answer(*stream, waiting::without_lookup(socket.as_ref()));
+        }
+        if gave_up.peer_pending {
+            self.metrics.shed_lookup("peer", reason);
+        }
+        for _ in 0..gave_up.processes {
+            self.metrics.shed_lookup("process", reason);
+        }
+    }
+
+    fn on_record(&mut self, r: &Record<'_>) {
         match r.kind {
             EventKind::Close => return self.on_close(r),
             EventKind::Followed => return self.first_sight(r.tgid, r.comm()),
@@ -184,25 +392,19 @@ impl<C: StreamControl> Pipeline<C> {
             self.evict_streams();
         }
         let max = self.config.max_message_bytes;
-        let servers = &mut self.servers;
-        let host = &*self.host;
+        let peers = &mut self.peers;
         let (conn, budget) = self.connections.follow(
             stream,
             direction,
-            |socket| match r.stream_kind {
-                StreamKind::Pipe => Link {
-                    transport: Transport::Pipe,
-                    peer: None,
-                },
-                StreamKind::Socket => {
-                    let info = socket
-                        .cloned()
-                        .unwrap_or_else(|| sockets::lookup(host, r.tgid, r.ino));
-                    Link {
-                        transport: info.transport,
-                        peer: servers.peer_server(r.tgid, info),
-                    }
-                }
+            // Known by now (see `must_wait`).
+            |socket| {
+                peers.take(&stream).unwrap_or_else(|| match r.stream_kind {
+                    StreamKind::Pipe => Link {
+                        transport: Transport::Pipe,
+                        peer: None,
+                    },
+                    StreamKind::Socket => waiting::without_lookup(socket),
+                })
             },
             || Half {
                 framer: framer_for(r.payload, max),
@@ -288,6 +490,12 @@ impl<C: StreamControl> Pipeline<C> {
             return;
         }
         self.stitcher.on_process_seen(tgid, comm);
+        if !self.stitcher.is_identified(tgid)
+            && !self.waiting.is_identifying(tgid)
+            && self.lookups.ask(Lookup::Process { tgid })
+        {
+            self.waiting.identifying(tgid);
+        }
         if self.watched.len() < WATCHED_CAP && self.control.watch_process(tgid) {
             self.watched.insert(tgid);
         }
@@ -304,6 +512,7 @@ impl<C: StreamControl> Pipeline<C> {
     /// closed as if it had closed them, the partial messages it was writing or reading can
     /// never be finished, and the stitcher forgets it before its pid is reused.
     fn on_process_gone(&mut self, tgid: u32, ts_ns: u64) {
+        self.peers.forget_process(tgid);
         let mine: Vec<(StreamKey, Direction)> = self
             .connections
             .halves()
@@ -350,6 +559,7 @@ impl<C: StreamControl> Pipeline<C> {
 
     /// Process `tgid` closed its end of a followed socket (or exited).
     fn close_stream(&mut self, stream: StreamKey, tgid: u32, comm: &str, ts_ns: u64) {
+        self.peers.take(&stream);
         if let Some(conn) = self.connections.remove(&stream) {
             self.close_connection(conn, stream, tgid, comm, ts_ns);
         }
@@ -423,12 +633,15 @@ impl<C: StreamControl> Pipeline<C> {
         let (client, transport, peer) = match known {
             Some(k) => k,
             None => {
-                let info = conn
-                    .and_then(|c| c.socket.clone())
-                    .unwrap_or_else(|| sockets::lookup(&*self.host, r.tgid, r.ino));
-                let transport = info.transport;
-                let peer = self.servers.peer_server(r.tgid, info);
-                (peer.is_some(), transport, peer)
+                // Known by now (see `must_wait`), else from the link or the socket.
+                let link = self
+                    .peers
+                    .take(&stream)
+                    .or_else(|| conn.and_then(|c| c.link.clone()))
+                    .unwrap_or_else(|| {
+                        waiting::without_lookup(conn.and_then(|c| c.socket.as_ref()))
+                    });
+                (link.peer.is_some(), link.transport, link.peer)
             }
         };
         let reason = match r.detail {
@@ -456,9 +669,14 @@ impl<C: StreamControl> Pipeline<C> {
     /// Periodic work: timeouts, processes gone, idle and orphaned directions, memory
     /// accounting. `now_ns` is CLOCK_MONOTONIC.
     pub fn sweep(&mut self, now_ns: u64) {
+        self.on_lookups();
+        for stream in self.waiting.overdue(Instant::now()) {
+            self.give_up(&stream, "timed_out");
+        }
+        self.release_ready();
         self.stitcher.sweep(now_ns);
         let servers = self.stitcher.server_processes();
-        self.health.update(&servers);
+        self.health.update(servers);
 
         // Processes that exited without an exit record reaching us (not watched: the
         // kernel's map was full; or the record was lost).

@@ -8,11 +8,12 @@ use prometheus_client::{encoding::text::encode, registry::Registry};
 use super::*;
 use crate::{
     decode::encode as encode_record,
+    health::Health,
     metrics::Metrics,
     stitch::StitchConfig,
     testing::{
         fake::FakeKernel,
-        generator::{header_of, Generator},
+        generator::{header_of, Generator, Stream, Task},
     },
 };
 
@@ -40,10 +41,11 @@ fn pipeline_with(
         Pipeline::new(
             config,
             stitcher,
-            Health::new(metrics.health.clone(), host.clone()),
-            metrics.agent,
+            Health::new(metrics.health.clone(), host.clone()).into(),
+            metrics.agent.clone(),
             FakeKernel::default(),
-            host,
+            host.clone(),
+            Lookups::inline(host, metrics.agent),
         ),
         registry,
     )
@@ -491,4 +493,154 @@ fn series_and_error_types_are_capped() {
             "mcp_probe_label_overflow_total{label=\"series\"}"
         ) >= 6.0
     );
+}
+
+/// A pipeline whose lookups answer only when released, as a slow lookup thread would,
+/// on `host`.
+fn pipeline_on(host: Arc<crate::host::FakeHost>) -> (Pipeline<FakeKernel>, Registry) {
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry);
+    let host: Arc<dyn crate::host::Host> = host;
+    let stitcher =
+        Stitcher::recording(StitchConfig::default(), metrics.clone(), None, host.clone());
+    let pipeline = Pipeline::new(
+        PipelineConfig::default(),
+        stitcher,
+        Health::new(metrics.health.clone(), host.clone()).into(),
+        metrics.agent.clone(),
+        FakeKernel::default(),
+        host.clone(),
+        Lookups::held(host, metrics.agent),
+    );
+    (pipeline, registry)
+}
+
+/// The kernel's record of a TCP socket from 127.0.0.1:`local` to 127.0.0.1:`remote`.
+fn tcp_socket(local: u16, remote: u16) -> Vec<u8> {
+    let info = mcp_probe_common::SocketInfo {
+        family: mcp_probe_common::AF_INET,
+        local_port: local,
+        remote_port: remote,
+        _pad: 0,
+        local_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        remote_addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        unix_peer_path: [0; mcp_probe_common::UNIX_PATH_LEN],
+    };
+    // SAFETY: repr(C) integers and byte arrays, read as the bytes the kernel writes.
+    unsafe {
+        std::slice::from_raw_parts(
+            (&info as *const mcp_probe_common::SocketInfo).cast::<u8>(),
+            std::mem::size_of_val(&info),
+        )
+    }
+    .to_vec()
+}
+
+/// A client that connects to a local server on port 8000, whose listener is found in the
+/// client's namespace and owned by `weather_mcp`.
+fn host_with_a_local_server() -> Arc<crate::host::FakeHost> {
+    let host = Arc::new(crate::host::FakeHost::new());
+    host.spawn(CLIENT, 1_000, &["python3", "client.py"]);
+    host.spawn(SERVER, 900, &["python3", "-m", "weather_mcp"]);
+    host.set_netns(CLIENT, 7);
+    host.add_tcp_listener(CLIENT, "127.0.0.1:8000".parse().expect("address"), 555);
+    host.set_socket_owner(555, SERVER);
+    host
+}
+
+/// One ping on a new TCP connection from the client's port `local`, seen by the client.
+fn ping_on_new_connection(g: &mut Generator, p: &mut Pipeline<FakeKernel>, local: u16, id: u32) {
+    let task = Task::new(CLIENT, "python3");
+    let socket = Stream::socket(0xffff_0000_0009_0000 + u64::from(local), u64::from(local));
+    p.on_record_bytes(&g.socket_info(task, socket, &tcp_socket(local, 8000)));
+    p.on_record_bytes(&g.record(CLIENT, "python3", socket, Syscall::Write, &ping(id)));
+    p.on_record_bytes(&g.record(CLIENT, "python3", socket, Syscall::Read, &pong(id)));
+}
+
+#[test]
+fn a_new_connection_waits_for_its_server_name_then_is_counted_exactly() {
+    let (mut p, registry) = pipeline_on(host_with_a_local_server());
+    let mut g = Generator::new();
+    let named = "mcp_client_requests_total{mcp_server_name=\"weather_mcp\"";
+
+    ping_on_new_connection(&mut g, &mut p, 40_001, 1);
+    // The lookups (the client's identity, the connection's peer) are not answered yet:
+    // the records wait, nothing is counted under a wrong name.
+    assert_eq!(value(&registry, "mcp_client_requests_total"), 0.0);
+    assert!(value(&registry, "mcp_probe_lookup_waiting_bytes") > 0.0);
+    p.release_lookups();
+    assert_eq!(value(&registry, named), 1.0);
+    assert_eq!(value(&registry, "mcp_client_requests_total"), 1.0);
+    assert_eq!(value(&registry, "mcp_probe_lookup_waiting_bytes"), 0.0);
+    // Latency from the kernel's timestamps, not from when the answer came.
+    assert!((value(&registry, "mcp_client_operation_duration_seconds_sum") - 0.001).abs() < 1e-9);
+
+    // The next connections to the same server need no lookup: counted at once.
+    for (n, local) in (40_002..40_012).enumerate() {
+        ping_on_new_connection(&mut g, &mut p, local, 2 + n as u32);
+    }
+    assert_eq!(value(&registry, named), 11.0);
+    assert_eq!(
+        value(&registry, "mcp_probe_lookups_total{lookup=\"peer\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&registry, "mcp_probe_lookups_total{lookup=\"process\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn an_exit_waits_for_the_records_of_its_process() {
+    let (mut p, registry) = pipeline_on(host_with_a_local_server());
+    let mut g = Generator::new();
+    let task = Task::new(CLIENT, "python3");
+    let socket = Stream::socket(0xffff_0000_0009_0000, 1);
+    p.on_record_bytes(&g.socket_info(task, socket, &tcp_socket(40_001, 8000)));
+    p.on_record_bytes(&g.record(CLIENT, "python3", socket, Syscall::Write, &ping(1)));
+    // The client exits before its lookups answer: its records are handled first (its
+    // request, then its connection's end under the server's name), then its exit.
+    p.on_record_bytes(&g.exit(CLIENT));
+    assert_eq!(value(&registry, "mcp_client_requests_total"), 0.0);
+    p.release_lookups();
+    assert_eq!(
+        value(&registry, "mcp_client_request_cancellations_total"),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &registry,
+            "mcp_client_session_duration_seconds_count{mcp_server_name=\"weather_mcp\""
+        ),
+        1.0
+    );
+    assert_eq!(value(&registry, "mcp_probe_tracked_streams"), 0.0);
+    assert_eq!(value(&registry, "mcp_probe_lookup_waiting_bytes"), 0.0);
+}
+
+#[test]
+fn records_that_wait_too_long_go_on_without_the_name() {
+    let (mut p, registry) = pipeline_on(host_with_a_local_server());
+    let mut g = Generator::new();
+    ping_on_new_connection(&mut g, &mut p, 40_001, 1);
+    // The lookup thread never answers (stuck): past the longest wait the stream is
+    // handled as if the lookup had been shed, named by its address, and counted.
+    std::thread::sleep(waiting::WAIT_AT_MOST + std::time::Duration::from_millis(50));
+    p.sweep(g.now_ns);
+    p.sweep(g.now_ns + 10_000_000_000);
+    assert_eq!(
+        value(
+            &registry,
+            "mcp_client_requests_total{mcp_server_name=\"127.0.0.1:8000\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &registry,
+            "mcp_probe_lookups_shed_total{lookup=\"process\",reason=\"timed_out\"}"
+        ),
+        1.0
+    );
+    assert_eq!(value(&registry, "mcp_probe_lookup_waiting_bytes"), 0.0);
 }

@@ -9,6 +9,7 @@ use crate::{
     decode,
     health::Health,
     host::{FakeHost, Host},
+    lookups::Lookups,
     metrics::{AgentMetrics, Metrics},
     protocols::http,
     stitch::{StitchConfig, Stitcher},
@@ -60,10 +61,11 @@ pub fn pipeline(data: &[u8]) {
             max_buffered_bytes: 3 * MAX,
         },
         stitcher,
-        Health::new(metrics.health.clone(), host.clone()),
+        Health::new(metrics.health.clone(), host.clone()).into(),
         metrics.agent,
         FakeKernel::on_host(host.clone()),
-        host,
+        host.clone(),
+        Lookups::held(host, agent.clone()),
     );
     let mut c = Cursor(data);
     let mut g = Generator::manual_clock();
@@ -94,6 +96,9 @@ pub fn pipeline(data: &[u8]) {
             }
             7 => Event::Exit(u32::from(who) << 8),
             8 => {
+                // The lookup thread answers what was asked so far (records that needed
+                // it waited until now).
+                p.release_lookups();
                 p.sweep(g.now_ns);
                 continue;
             }
@@ -116,6 +121,7 @@ pub fn pipeline(data: &[u8]) {
         records += 1;
         p.on_record_bytes(&g.emit(task, stream, syscall, event));
     }
+    p.release_lookups();
     assert_eq!(agent.records.get(), records, "records counted");
     assert_eq!(
         agent.captured_bytes.get(),

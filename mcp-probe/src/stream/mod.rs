@@ -20,6 +20,7 @@ use crate::{
     decode::{decode, Record},
     health::HealthFeed,
     host::Host,
+    identity::Identity,
     lookups::{Found, Lookup, Lookups},
     metrics::{AgentMetrics, MapLabels, ReasonLabels},
     model::{Observation, StreamControl, StreamKey, Transport},
@@ -122,51 +123,52 @@ impl<C: StreamControl> Pipeline<C> {
         self.handle(bytes);
         if !self.waiting.is_empty() {
             self.on_lookups();
+            self.give_up_overdue();
         }
     }
 
-    /// A record, now or (when it needs a lookup's answer) once the answer is in.
+    /// A record, now or, when it needs a lookup's answer or records wait before it, once
+    /// the answer is in.
     fn handle(&mut self, bytes: &[u8]) {
-        match decode(bytes) {
-            Ok(record) => {
-                if self.must_wait(&record) {
-                    self.hold(&record, bytes);
-                } else {
-                    self.on_record(&record);
-                }
-            }
-            Err(_) => {
-                self.metrics
-                    .parse_errors
-                    .get_or_create(&ReasonLabels { reason: "decode" })
-                    .inc();
-            }
+        let Ok(record) = decode(bytes) else {
+            self.metrics
+                .parse_errors
+                .get_or_create(&ReasonLabels { reason: "decode" })
+                .inc();
+            return;
+        };
+        if self.waiting.holds_records() || self.needs_lookup(&record) {
+            self.waiting.push(bytes);
+            self.metrics
+                .lookup_waiting_bytes
+                .set(self.waiting.bytes() as i64);
+        } else {
+            self.on_record(&record);
         }
     }
 
-    /// Whether `r` must wait for a lookup: its stream's records wait already, its process
-    /// is being identified, or it is the first record of a socket whose peer is not known
-    /// (the lookup is asked here). An exit waits for what its process left waiting.
-    fn must_wait(&mut self, r: &Record<'_>) -> bool {
-        let stream = stream_of(r);
-        if self.waiting.holds(&stream) {
-            return true;
-        }
+    /// Whether `r` needs a lookup's answer first: its process is being identified, or it
+    /// is the first record of a socket whose peer is not known (the lookups are asked
+    /// here, once).
+    fn needs_lookup(&mut self, r: &Record<'_>) -> bool {
         match r.kind {
-            EventKind::ProcessExit => return self.waiting.holds_process(r.tgid),
-            EventKind::Followed | EventKind::SocketInfo => return false,
+            EventKind::ProcessExit | EventKind::Followed | EventKind::SocketInfo => return false,
             EventKind::Data | EventKind::Gap | EventKind::Close | EventKind::Error => {}
         }
         self.first_sight(r.tgid, r.comm());
         if self.waiting.is_identifying(r.tgid) {
             return true;
         }
+        let stream = stream_of(r);
         let linked = self
             .connections
             .get(&stream)
             .is_some_and(|c| c.link.is_some());
         if r.kind == EventKind::Close || linked {
             return false;
+        }
+        if self.waiting.is_peer_pending(&stream) {
+            return true;
         }
         match self.link_now(r) {
             Some(link) => {
@@ -205,24 +207,6 @@ impl<C: StreamControl> Pipeline<C> {
         } else {
             Some(waiting::without_lookup(socket.as_ref()))
         }
-    }
-
-    /// Keeps a record until the lookups it needs are answered.
-    fn hold(&mut self, r: &Record<'_>, bytes: &[u8]) {
-        if r.kind == EventKind::ProcessExit {
-            self.waiting.hold_exit(r.tgid, bytes);
-        } else {
-            let socket = r.stream_kind == StreamKind::Socket;
-            self.waiting.hold(stream_of(r), socket, r.tgid, bytes);
-        }
-        if self.waiting.bytes() > waiting::MAX_WAITING_BYTES {
-            // Too much waits: this stream goes on without its answers.
-            self.give_up(&stream_of(r), "waiting_full");
-            self.release_ready();
-        }
-        self.metrics
-            .lookup_waiting_bytes
-            .set(self.waiting.bytes() as i64);
     }
 
     /// Applies the lookups' answers that arrived, and handles the records that waited for
@@ -300,32 +284,61 @@ impl<C: StreamControl> Pipeline<C> {
         }
     }
 
-    /// Handles, in order, the records whose lookups are all answered.
+    /// Handles, in ring order, the waiting records whose lookups are answered, up to the
+    /// first that still needs one.
     fn release_ready(&mut self) {
-        for record in self.waiting.ready() {
-            self.handle(&record);
+        while let Some((since, bytes)) = self.waiting.pop() {
+            // Records are decoded before they wait.
+            let Ok(record) = decode(&bytes) else {
+                continue;
+            };
+            if self.needs_lookup(&record) {
+                self.waiting.unpop(since, bytes);
+                break;
+            }
+            self.on_record(&record);
         }
+        self.metrics
+            .lookup_waiting_bytes
+            .set(self.waiting.bytes() as i64);
     }
 
-    /// `stream` stops waiting (its lookups counted as shed): a socket is named by its
-    /// address, a process by its comm.
-    fn give_up(&mut self, stream: &StreamKey, reason: &'static str) {
-        let gave_up = self.waiting.give_up(stream);
-        let linked = self
-            .connections
-            .get(stream)
-            .and_then(|c| c.link.as_ref())
-            .is_some();
-        if gave_up.socket && !linked {
-            let socket = self.connections.get(stream).and_then(|c| c.socket.clone());
-            self.peers
-                .answer(*stream, waiting::without_lookup(socket.as_ref()));
-        }
-        if gave_up.peer_pending {
-            self.metrics.shed_lookup("peer", reason);
-        }
-        for _ in 0..gave_up.processes {
-            self.metrics.shed_lookup("process", reason);
+    /// The record at the head has waited too long, or too much waits behind it: it goes
+    /// on without the answers it waits for (a socket named by its address, a process by
+    /// its comm), counted as shed lookups.
+    fn give_up_overdue(&mut self) {
+        while let Some(reason) = self.waiting.head_is_overdue(Instant::now()) {
+            let Some((since, front)) = self.waiting.pop() else {
+                break;
+            };
+            let Ok(r) = decode(&front) else {
+                continue;
+            };
+            let (tgid, stream, kind) = (r.tgid, stream_of(&r), r.stream_kind);
+            self.waiting.unpop(since, front);
+            let mut gave_up = false;
+            if self.waiting.is_identifying(tgid) {
+                // Identified with nothing (its comm stays its name), so that it is not
+                // asked for again; a late answer still fills it in.
+                self.waiting.identified(tgid);
+                self.stitcher.on_identified(tgid, Identity::default());
+                self.metrics.shed_lookup("process", reason);
+                gave_up = true;
+            }
+            if self.waiting.peer_answered(&stream) {
+                let socket = self.connections.get(&stream).and_then(|c| c.socket.clone());
+                if kind == StreamKind::Socket {
+                    self.peers
+                        .answer(stream, waiting::without_lookup(socket.as_ref()));
+                }
+                self.metrics.shed_lookup("peer", reason);
+                gave_up = true;
+            }
+            let before = self.waiting.len();
+            self.release_ready();
+            if !gave_up && self.waiting.len() >= before {
+                break; // nothing left to give up on (cannot happen)
+            }
         }
     }
 
@@ -670,10 +683,7 @@ impl<C: StreamControl> Pipeline<C> {
     /// accounting. `now_ns` is CLOCK_MONOTONIC.
     pub fn sweep(&mut self, now_ns: u64) {
         self.on_lookups();
-        for stream in self.waiting.overdue(Instant::now()) {
-            self.give_up(&stream, "timed_out");
-        }
-        self.release_ready();
+        self.give_up_overdue();
         self.stitcher.sweep(now_ns);
         let servers = self.stitcher.server_processes();
         self.health.update(servers);

@@ -644,3 +644,25 @@ fn records_that_wait_too_long_go_on_without_the_name() {
     );
     assert_eq!(value(&registry, "mcp_probe_lookup_waiting_bytes"), 0.0);
 }
+
+#[test]
+fn waiting_keeps_the_order_across_processes() {
+    // What the server's read teaches (which server reads the pipe) names the client's
+    // exchange: records wait in ring order, whichever lookup is answered first.
+    let (mut p, registry) = pipeline_on(host_with_a_local_server());
+    let mut g = Generator::new();
+    exchange(&mut g, &mut p, &ping(1), &pong(1));
+    assert_eq!(value(&registry, "mcp_client_requests_total"), 0.0);
+    p.release_lookups();
+    p.sweep(g.now_ns + 10_000_000_000);
+    for side in ["client", "server"] {
+        assert_eq!(
+            value(
+                &registry,
+                &format!("mcp_{side}_requests_total{{mcp_server_name=\"weather_mcp\"")
+            ),
+            1.0,
+            "{side}"
+        );
+    }
+}

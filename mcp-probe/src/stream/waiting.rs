@@ -3,13 +3,18 @@
 //!
 //! A new socket's peer (which server it talks to, or whether it was accepted) and a new
 //! process's identity come from the lookup thread ([`crate::lookups`]). Until the answer
-//! arrives, the records that need it (every record of that stream, or of that process)
-//! wait here as the ring delivered them, and are handled in order when it does; the
-//! exchanges they carry are counted exactly as if the answer had been there at once.
-//! What waits is bounded in bytes and in time: past either, the stream goes on without
-//! the answer (named by its address) and the lookup is counted as shed.
+//! arrives, the record that needs it, and every record after it, wait here in the order
+//! the ring delivered them: what the stitcher learns from one process's records (which
+//! server reads a pipe) names the exchanges of another, so the order across streams is
+//! kept. They are handled when the answer is in, and the exchanges they carry are counted
+//! exactly as if it had been there at once (latency comes from the kernel's timestamps).
+//! Lookups are rare (answers are kept per process and address), so records seldom wait,
+//! and not for long. What waits is bounded in bytes and in time: past either, the record
+//! at the head goes on without its answers (named by its address, its process by its comm)
+//! and the lookups are counted as shed.
 
 use std::{
+    collections::VecDeque,
     net::SocketAddr,
     time::{Duration, Instant},
 };
@@ -24,174 +29,105 @@ use super::connection::Link;
 
 /// Bytes of records held for lookups at most.
 pub const MAX_WAITING_BYTES: usize = 16 << 20;
-/// The longest a record waits for a lookup.
+/// The longest the head record waits for a lookup.
 pub const WAIT_AT_MOST: Duration = Duration::from_secs(2);
 /// How long an answer about a (process, address) pair is reused.
 const ANSWER_KEPT_FOR: Duration = Duration::from_secs(30);
 /// Answers kept per table before it is emptied (bounded memory).
 const MAX_ANSWERS: usize = 4096;
 
-/// One stream's records, held until its lookups are answered.
-struct WaitingStream {
-    records: Vec<Box<[u8]>>,
-    /// The processes that wrote or read them.
-    tgids: Vec<u32>,
-    /// Its peer lookup is not answered yet.
-    peer_pending: bool,
-    /// A socket (a pipe has no peer to look up).
-    socket: bool,
-    since: Instant,
-}
-
+/// The records held for lookups, in ring order, and the lookups not answered yet.
 #[derive(Default)]
 pub struct Waiting {
-    streams: HashMap<StreamKey, WaitingStream>,
-    /// Exit records of processes that have records waiting, or are being identified.
-    exits: Vec<(u32, Box<[u8]>)>,
+    /// Each with when it started waiting.
+    queue: VecDeque<(Instant, Box<[u8]>)>,
     /// Processes whose identity was asked for and not answered yet.
     identifying: HashSet<u32>,
+    /// Sockets whose peer was asked for and not answered yet.
+    peers: HashSet<StreamKey>,
     bytes: usize,
 }
 
 impl Waiting {
-    /// Nothing waits and nothing is being looked up for a record.
+    /// No record waits and no lookup is outstanding.
     pub fn is_empty(&self) -> bool {
-        self.streams.is_empty() && self.identifying.is_empty()
+        self.queue.is_empty() && self.identifying.is_empty() && self.peers.is_empty()
+    }
+
+    /// Records are waiting: any new one goes behind them.
+    pub fn holds_records(&self) -> bool {
+        !self.queue.is_empty()
     }
 
     pub fn bytes(&self) -> usize {
         self.bytes
     }
 
-    pub fn holds(&self, stream: &StreamKey) -> bool {
-        self.streams.contains_key(stream)
+    /// Records waiting.
+    pub fn len(&self) -> usize {
+        self.queue.len()
     }
 
     pub fn is_identifying(&self, tgid: u32) -> bool {
         self.identifying.contains(&tgid)
     }
 
-    /// An exit record of `tgid` must wait: it would end what is still waiting.
-    pub fn holds_process(&self, tgid: u32) -> bool {
-        self.identifying.contains(&tgid) || self.streams.values().any(|s| s.tgids.contains(&tgid))
-    }
-
     pub fn identifying(&mut self, tgid: u32) {
         self.identifying.insert(tgid);
     }
 
+    /// The identity of `tgid` is in (or given up on).
     pub fn identified(&mut self, tgid: u32) {
         self.identifying.remove(&tgid);
     }
 
-    /// Stream `stream`'s records wait for its peer lookup.
+    pub fn is_peer_pending(&self, stream: &StreamKey) -> bool {
+        self.peers.contains(stream)
+    }
+
     pub fn await_peer(&mut self, stream: StreamKey) {
-        self.entry(stream).peer_pending = true;
+        self.peers.insert(stream);
     }
 
-    /// The peer lookup of `stream` was answered; false if nothing waited for it.
+    /// The peer of `stream` is in; false if it was not awaited.
     pub fn peer_answered(&mut self, stream: &StreamKey) -> bool {
-        match self.streams.get_mut(stream) {
-            Some(s) if s.peer_pending => {
-                s.peer_pending = false;
-                true
-            }
-            _ => false,
-        }
+        self.peers.remove(stream)
     }
 
-    /// Holds a record of `stream` (moved by `tgid`).
-    pub fn hold(&mut self, stream: StreamKey, socket: bool, tgid: u32, record: &[u8]) {
+    /// Holds a record behind those already waiting.
+    pub fn push(&mut self, record: &[u8]) {
         self.bytes += record.len();
-        let s = self.entry(stream);
-        s.socket |= socket;
-        if !s.tgids.contains(&tgid) {
-            s.tgids.push(tgid);
-        }
-        s.records.push(record.into());
+        self.queue.push_back((Instant::now(), record.into()));
     }
 
-    pub fn hold_exit(&mut self, tgid: u32, record: &[u8]) {
+    /// Takes the record at the head, with when it started waiting.
+    pub fn pop(&mut self) -> Option<(Instant, Box<[u8]>)> {
+        let (since, record) = self.queue.pop_front()?;
+        self.bytes -= record.len();
+        Some((since, record))
+    }
+
+    /// Puts back at the head a record taken by [`Waiting::pop`] that must wait more.
+    pub fn unpop(&mut self, since: Instant, record: Box<[u8]>) {
         self.bytes += record.len();
-        self.exits.push((tgid, record.into()));
+        self.queue.push_front((since, record));
     }
 
-    fn entry(&mut self, stream: StreamKey) -> &mut WaitingStream {
-        self.streams.entry(stream).or_insert_with(|| WaitingStream {
-            records: Vec::new(),
-            tgids: Vec::new(),
-            peer_pending: false,
-            socket: false,
-            since: Instant::now(),
-        })
-    }
-
-    /// The records that need nothing any more, stream by stream (oldest first), then the
-    /// exits they no longer hold back; they are forgotten here.
-    pub fn ready(&mut self) -> Vec<Box<[u8]>> {
-        let identifying = &self.identifying;
-        let mut ready: Vec<(Instant, StreamKey)> = self
-            .streams
-            .iter()
-            .filter(|(_, s)| !s.peer_pending && !s.tgids.iter().any(|t| identifying.contains(t)))
-            .map(|(k, s)| (s.since, *k))
-            .collect();
-        ready.sort_unstable_by_key(|(since, _)| *since);
-        let mut records = Vec::new();
-        for (_, stream) in ready {
-            if let Some(s) = self.streams.remove(&stream) {
-                records.extend(s.records);
-            }
-        }
-        let exits = std::mem::take(&mut self.exits);
-        for (tgid, record) in exits {
-            if self.holds_process(tgid) {
-                self.exits.push((tgid, record));
-            } else {
-                records.push(record);
-            }
-        }
-        self.bytes -= records.iter().map(|r| r.len()).sum::<usize>();
-        records
-    }
-
-    /// Streams that waited longer than [`WAIT_AT_MOST`] at `now`.
-    pub fn overdue(&self, now: Instant) -> Vec<StreamKey> {
-        self.streams
-            .iter()
-            .filter(|(_, s)| now.duration_since(s.since) > WAIT_AT_MOST)
-            .map(|(k, _)| *k)
-            .collect()
-    }
-
-    /// `stream` stops waiting for its lookups (shed), and must not wait again: the
-    /// processes it waited on stop being waited for by anyone. What it gave up on.
-    pub fn give_up(&mut self, stream: &StreamKey) -> GaveUp {
-        let Some(s) = self.streams.get_mut(stream) else {
-            return GaveUp::default();
-        };
-        let processes = s
-            .tgids
-            .iter()
-            .filter(|tgid| self.identifying.remove(tgid))
-            .count();
-        GaveUp {
-            peer_pending: std::mem::replace(&mut s.peer_pending, false),
-            socket: s.socket,
-            processes,
+    /// The head has waited too long at `now`, or too much waits: it must go on without
+    /// its answers.
+    pub fn head_is_overdue(&self, now: Instant) -> Option<&'static str> {
+        if self.bytes > MAX_WAITING_BYTES {
+            Some("waiting_full")
+        } else if self
+            .queue
+            .front()
+            .is_some_and(|(since, _)| now.duration_since(*since) > WAIT_AT_MOST)
+        {
+            Some("timed_out")
+        } else {
+            None
         }
     }
-}
-
-/// What a stream that stopped waiting gave up on.
-#[derive(Debug, Default)]
-pub struct GaveUp {
-    /// Its peer lookup was not answered.
-    pub peer_pending: bool,
-    /// It is a socket: its peer must not be looked up again.
-    pub socket: bool,
-    /// Identity lookups of its processes not answered.
-    pub processes: usize,
 }
 
 /// What the drain keeps from peer lookups: which local addresses accept connections, and
@@ -291,51 +227,38 @@ mod tests {
     use super::*;
 
     const A: StreamKey = StreamKey { addr: 1, ino: 1 };
-    const B: StreamKey = StreamKey { addr: 2, ino: 2 };
-
-    fn texts(records: Vec<Box<[u8]>>) -> Vec<String> {
-        records
-            .iter()
-            .map(|r| String::from_utf8_lossy(r).into_owned())
-            .collect()
-    }
 
     #[test]
-    fn records_wait_until_every_lookup_they_need_is_answered() {
+    fn records_wait_in_ring_order_and_are_accounted() {
         let mut w = Waiting::default();
+        assert!(w.is_empty());
         w.identifying(10);
-        w.hold(A, true, 10, b"a1");
         w.await_peer(A);
-        w.hold(A, true, 10, b"a2");
-        w.hold(B, false, 20, b"b1");
-        w.hold_exit(10, b"exit10");
-        assert_eq!(w.bytes(), 12);
-        assert!(w.holds_process(10));
-        // B needs nothing: it goes first; A still waits for its peer and process 10.
-        assert_eq!(texts(w.ready()), ["b1"]);
+        w.push(b"a1");
+        w.push(b"b1");
+        assert_eq!(w.bytes(), 4);
+        assert!(w.holds_records() && w.is_identifying(10) && w.is_peer_pending(&A));
+        assert_eq!(w.head_is_overdue(Instant::now()), None);
+        let later = Instant::now() + WAIT_AT_MOST + Duration::from_millis(1);
+        assert_eq!(w.head_is_overdue(later), Some("timed_out"));
         assert!(w.peer_answered(&A));
         assert!(!w.peer_answered(&A), "answered once");
-        assert!(w.ready().is_empty(), "process 10 is not identified yet");
         w.identified(10);
-        // In order, the exit after the records of its process.
-        assert_eq!(texts(w.ready()), ["a1", "a2", "exit10"]);
+        let (since, a1) = w.pop().expect("a1");
+        assert_eq!(&a1[..], b"a1");
+        w.unpop(since, a1);
+        assert_eq!(w.bytes(), 4);
+        assert_eq!(&w.pop().expect("a1").1[..], b"a1");
+        assert_eq!(&w.pop().expect("b1").1[..], b"b1");
         assert_eq!(w.bytes(), 0);
         assert!(w.is_empty());
     }
 
     #[test]
-    fn a_stream_that_gives_up_waits_for_nothing_any_more() {
+    fn too_much_waiting_makes_the_head_overdue() {
         let mut w = Waiting::default();
-        w.identifying(10);
-        w.hold(A, true, 10, b"a1");
-        w.await_peer(A);
-        let later = Instant::now() + WAIT_AT_MOST + Duration::from_millis(1);
-        assert_eq!(w.overdue(later), [A]);
-        let gave_up = w.give_up(&A);
-        assert!(gave_up.peer_pending && gave_up.socket);
-        assert_eq!(gave_up.processes, 1);
-        assert_eq!(w.ready().len(), 1);
-        assert!(w.is_empty());
+        w.push(&vec![0u8; MAX_WAITING_BYTES + 1]);
+        assert_eq!(w.head_is_overdue(Instant::now()), Some("waiting_full"));
     }
 
     fn tcp(local: &str, peer: &str) -> SocketInfo {

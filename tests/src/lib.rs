@@ -15,12 +15,14 @@ use std::{
 };
 
 mod assertions;
+mod kubernetes;
 mod processes;
 pub mod prometheus;
 pub mod promql;
 mod scrape;
 
 pub use assertions::*;
+pub use kubernetes::*;
 pub use processes::*;
 pub use scrape::*;
 

@@ -14,12 +14,31 @@ pub fn run_client(python: &Path, args: &[&str], server: &[String]) -> serde_json
 /// Runs the SDK client driver with exactly `args` (e.g. `--url ...`) and returns its JSON
 /// summary, panicking if the scenario failed.
 pub fn run_client_args(python: &Path, args: &[&str]) -> serde_json::Value {
-    let out = Command::new(python)
+    let mut cmd = Command::new(python);
+    cmd.arg(harness("client.py")).args(args);
+    client_summary(cmd)
+}
+
+/// Like [`run_client`], started through `wrapper` (e.g. `podman run ...`), which runs the
+/// rest of the command line.
+pub fn run_client_through(
+    wrapper: &[String],
+    python: &Path,
+    args: &[&str],
+    server: &[String],
+) -> serde_json::Value {
+    let mut cmd = Command::new(&wrapper[0]);
+    cmd.args(&wrapper[1..])
+        .arg(python)
         .arg(harness("client.py"))
         .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run client.py");
+        .arg("--")
+        .args(server);
+    client_summary(cmd)
+}
+
+fn client_summary(mut cmd: Command) -> serde_json::Value {
+    let out = cmd.stdin(Stdio::null()).output().expect("run client.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let summary: serde_json::Value = stdout
         .lines()

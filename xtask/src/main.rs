@@ -16,6 +16,8 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod image;
+mod manifests;
 
 #[derive(Parser)]
 #[command(about = "mcp-probe developer commands")]
@@ -68,6 +70,19 @@ enum Cmd {
         #[arg(long)]
         target: Option<String>,
     },
+    /// Build the agent's container image (FROM scratch: the agent and the libraries it
+    /// loads) with podman.
+    Image {
+        /// The tag of `localhost/mcp-probe`.
+        #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
+        tag: String,
+        /// Also write the image here as an OCI archive (`ctr image import`, `podman load`).
+        #[arg(long)]
+        save: Option<PathBuf>,
+    },
+    /// Write the Kubernetes manifests generated from other files (the PrometheusRule,
+    /// from mcp-probe/rules/).
+    Manifests,
     /// Measure what the agent costs, with and without it in one run (needs root), and
     /// write the tables to BENCHMARKS.md.
     Bench {
@@ -117,6 +132,7 @@ fn main() -> Result<()> {
         } => {
             setup_build()?;
             setup_tests(&root)?;
+            manifests::check(&root)?;
             // Every crate that builds for the host, the root integration tests included
             // (no default member, see the root Cargo.toml); the eBPF crate only builds for
             // the BPF target (the agent's build script builds it).
@@ -157,11 +173,14 @@ fn main() -> Result<()> {
                 )?;
             }
             let bin = build_agent(&root, true)?;
+            // The container tests run the agent from its image.
+            let image = image::build(&root, &bin, "test", None)?;
             let mut cmd = Command::new("cargo");
             cmd.args(["test"])
                 .args(HOST_PACKAGES)
                 .current_dir(&root)
                 .env("MCP_PROBE_BIN", &bin)
+                .env("MCP_PROBE_IMAGE", &image)
                 .env("MCP_ENV_DIR", root.join("tests/.mcp-env"));
             if let Some(f) = filter {
                 cmd.args(["--", &f]);
@@ -172,6 +191,12 @@ fn main() -> Result<()> {
             }
         }
         Cmd::Demo { agent } => demo::demo(&root, &agent)?,
+        Cmd::Manifests => manifests::write(&root)?,
+        Cmd::Image { tag, save } => {
+            setup_build()?;
+            let agent = build_agent(&root, true)?;
+            image::build(&root, &agent, &tag, save.as_deref())?;
+        }
         Cmd::Fuzz { seconds, target } => fuzz(&root, seconds, target.as_deref())?,
         Cmd::Bench {
             rounds,

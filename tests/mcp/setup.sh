@@ -55,7 +55,8 @@ install_node() {
 
 # Debian packages the root tests use, installed only when one of their commands is missing:
 #   iproute2 (ip): the network-namespace test; prometheus (prometheus, promtool): the rules
-#   and the end-to-end Prometheus test;
+#   and the end-to-end Prometheus test; prometheus-alertmanager (prometheus-alertmanager,
+#   amtool): the paging test;
 #   bpftool: the lifecycle tests; util-linux (setpriv, unshare): the privilege tests;
 #   podman, runc: the container tests (podman's default runtime, crun, refuses this kind of
 #   host's hybrid cgroups).
@@ -72,6 +73,7 @@ install_deb() { # package command...
 
 install_deb iproute2 ip
 install_deb prometheus promtool prometheus
+install_deb prometheus-alertmanager prometheus-alertmanager amtool
 install_deb bpftool bpftool
 install_deb util-linux setpriv unshare
 # podman with its recommended packages (conmon, netavark, ...), as a user would have it.

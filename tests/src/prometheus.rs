@@ -30,6 +30,16 @@ impl Prometheus {
     /// Starts Prometheus scraping `127.0.0.1:agent_port` (job `mcp-probe`) and evaluating
     /// `rule_files`, both every second; waits until it is ready.
     pub fn start(agent_port: u16, rule_files: &[PathBuf]) -> Self {
+        Self::start_alerting(agent_port, rule_files, None)
+    }
+
+    /// Like [`Prometheus::start`], sending its alerts to the Alertmanager on
+    /// `127.0.0.1:alertmanager_port` when there is one.
+    pub fn start_alerting(
+        agent_port: u16,
+        rule_files: &[PathBuf],
+        alertmanager_port: Option<u16>,
+    ) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("mcp-probe-prometheus-{port}"));
         let _ = std::fs::remove_dir_all(&dir);
@@ -38,10 +48,17 @@ impl Prometheus {
             .iter()
             .map(|f| format!("  - {}\n", f.display()))
             .collect();
+        let alerting = alertmanager_port
+            .map(|p| {
+                format!(
+                    "alerting:\n  alertmanagers:\n    - static_configs:\n        - targets: ['127.0.0.1:{p}']\n"
+                )
+            })
+            .unwrap_or_default();
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
              rule_files:\n{rules}\
-             scrape_configs:\n  - job_name: mcp-probe\n    static_configs:\n      - targets: ['127.0.0.1:{agent_port}']\n"
+             scrape_configs:\n  - job_name: mcp-probe\n    static_configs:\n      - targets: ['127.0.0.1:{agent_port}']\n{alerting}"
         );
         let config_path = dir.join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write prometheus.yml");

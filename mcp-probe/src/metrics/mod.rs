@@ -557,6 +557,20 @@ impl AgentMetrics {
         for what in ["stream", "message_buffer", "pending_request", "session"] {
             self.evictions.get_or_create(&WhatLabels { what }).inc_by(0);
         }
+        // At 0 from the start, so that the first shed lookup is an increase to alert on.
+        for lookup in ["peer", "process"] {
+            for reason in ["queue_full", "timed_out", "waiting_full"] {
+                self.lookups_shed
+                    .get_or_create(&ShedLookupLabels { lookup, reason })
+                    .inc_by(0);
+            }
+        }
+        self.lookups_shed
+            .get_or_create(&ShedLookupLabels {
+                lookup: "health",
+                reason: "queue_full",
+            })
+            .inc_by(0);
     }
 
     pub fn set_limit(&self, limit: &'static str, value: usize) {

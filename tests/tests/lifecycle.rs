@@ -206,3 +206,24 @@ fn a_reused_pid_is_a_new_process() {
     }
     agent.stop();
 }
+
+/// A start as root prints a few meaningful lines and no warning (the kernel's BTF report
+/// on the eBPF object used to be logged, some 200 lines, on every start).
+#[test]
+fn a_start_prints_a_few_meaningful_lines() {
+    let _guard = exclusive();
+    let agent = Agent::start();
+    std::thread::sleep(Duration::from_millis(500));
+    let log = agent.stop_and_log();
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains("WARN") && !l.contains("ERROR")),
+        "{log}"
+    );
+    assert!(lines.len() <= 8, "{} lines:\n{log}", lines.len());
+    for expected in ["eBPF programs attached", "serving metrics"] {
+        assert!(log.contains(expected), "{expected:?} missing:\n{log}");
+    }
+}

@@ -151,6 +151,80 @@ fn ensure_tracefs() -> Result<(), LoadError> {
     Ok(())
 }
 
+/// An eBPF object, 8-byte aligned as the ELF parser needs.
+struct AlignedObject {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AlignedObject {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `words` holds at least `len` initialised bytes; u8 has no alignment.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and the borrow is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.words.as_mut_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+/// The eBPF object with its `.BTF` and `.BTF.ext` sections renamed (`.BTX`, `.BTX.ext`) so
+/// that aya does not offer them to the kernel. The kernel rejects the BTF rustc emits
+/// (docs/platform.md); aya then loads the programs without it anyway, but first logs the
+/// kernel's whole BTF report, some 200 lines, as a warning on every start. No program
+/// here needs BTF: the offsets come from the kernel's own BTF (`offsets.rs`), the maps are
+/// legacy ones.
+fn without_btf(object: &[u8]) -> AlignedObject {
+    let mut aligned = AlignedObject {
+        words: vec![0u64; object.len().div_ceil(8)],
+        len: object.len(),
+    };
+    aligned.bytes_mut().copy_from_slice(object);
+    let elf = aligned.bytes_mut();
+    let u16_at = |elf: &[u8], o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |elf: &[u8], o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |elf: &[u8], o: usize| {
+        elf.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    // ELF64, little endian (bpfel): section headers, and the section holding their names.
+    let (Some(shoff), Some(shentsize), Some(shnum), Some(shstrndx)) = (
+        u64_at(elf, 0x28),
+        u16_at(elf, 0x3a),
+        u16_at(elf, 0x3c),
+        u16_at(elf, 0x3e),
+    ) else {
+        return aligned;
+    };
+    let header = |i: u16| shoff as usize + usize::from(i) * usize::from(shentsize);
+    let Some(names) = u64_at(elf, header(shstrndx) + 0x18) else {
+        return aligned;
+    };
+    let mut renames = Vec::new();
+    for i in 0..shnum {
+        let Some(name) = u32_at(elf, header(i)) else {
+            continue;
+        };
+        let at = names as usize + name as usize;
+        let Some(tail) = elf.get(at..) else {
+            continue;
+        };
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        if matches!(&tail[..end], b".BTF" | b".BTF.ext") {
+            renames.push(at + 3); // the F
+        }
+    }
+    for at in renames {
+        elf[at] = b'X';
+    }
+    aligned
+}
+
 pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     ensure_tracefs()?;
     let offsets = offsets::load(TRACEFS)?;
@@ -163,12 +237,13 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, LoadError> {
     } else {
         aya_log::Level::Info
     } as u8;
+    let object = without_btf(object);
     let mut ebpf = EbpfLoader::new()
         .override_global(aya_log::LEVEL, &log_level, false)
         .override_global(OFFSETS_GLOBAL, &offsets, true)
         .override_global(WAKEUP_BYTES_GLOBAL, &opts.wakeup_bytes, true)
         .map_max_entries(EVENTS_MAP, opts.ring_bytes)
-        .load(object)
+        .load(object.bytes())
         .map_err(|e| LoadError::Load(Box::new(e)))?;
 
     // Must stay alive while the programs run: dropping it closes the log map.
@@ -258,4 +333,29 @@ fn prefill(map: &mut InflightMap, scan: blocked::Scan) -> Prefilled {
         }
     }
     done
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_object_loses_only_its_btf() {
+        let object = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mcp-probe"));
+        let parsed = aya_obj::Object::parse(object).expect("the object parses");
+        assert!(parsed.btf.is_some(), "rustc emitted BTF");
+        let patched = without_btf(object);
+        let without = aya_obj::Object::parse(patched.bytes()).expect("still parses");
+        assert!(without.btf.is_none());
+        assert_eq!(without.programs.len(), parsed.programs.len());
+        assert_eq!(without.maps.len(), parsed.maps.len());
+        // Nothing else changed: the two renamed sections differ by one byte each (plus a
+        // relocation section whose name ends with one of them).
+        let changed = object
+            .iter()
+            .zip(patched.bytes())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert!((2..=3).contains(&changed), "{changed} bytes changed");
+    }
 }

@@ -59,6 +59,10 @@ impl Stitcher {
         );
         let _ = self.touch_session(obs, request.server_is_observer);
         let handshake = HANDSHAKE_METHODS.contains(&request.method.as_str());
+        // A JSON-RPC error carries no `serverInfo` (a 2026-07-28 result does, in `_meta`):
+        // it does not settle the name, so that an exchange that fails first is counted
+        // under the name the server's next result announces, like the rest of its session.
+        let settles = !handshake && !matches!(outcome, Outcome::Error(_));
         let ending = Ending::Response {
             outcome,
             size: obs.size,
@@ -70,7 +74,7 @@ impl Stitcher {
             request,
             ending,
         };
-        if !handshake {
+        if settles {
             // Past the handshake: whatever name the server has now is its name.
             if let Some(server) = &server {
                 let held = self.names.settle(server);

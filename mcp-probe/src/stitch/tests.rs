@@ -246,3 +246,34 @@ fn a_cancelled_request_is_answered_late_and_an_exit_cancels() {
         Some(Event::PendingRequests(0))
     ));
 }
+
+/// 2026-07-28 stdio whose first exchange fails: the error carries no `serverInfo`, the next
+/// result does (`_meta`); both exchanges count under the announced name, on both sides.
+#[test]
+fn a_session_whose_first_exchange_fails_has_one_name() {
+    let (mut c, events) = collecting();
+    let call = |id: u32| {
+        format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"echo"}}}}"#)
+    };
+    let error = r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"bad"}}"#;
+    let result = r#"{"jsonrpc":"2.0","id":2,"result":{"content":[],"_meta":{"io.modelcontextprotocol/serverInfo":{"name":"weather"}}}}"#;
+    let first = call(1);
+    let second = call(2);
+    c.on_message(&pipe_obs(10, 1, Direction::Write, 1), message(&first));
+    c.on_message(&pipe_obs(20, 1, Direction::Read, 2), message(&first));
+    c.on_message(&pipe_obs(20, 2, Direction::Write, 3), message(error));
+    c.on_message(&pipe_obs(10, 2, Direction::Read, 4), message(error));
+    c.on_message(&pipe_obs(10, 1, Direction::Write, 5), message(&second));
+    c.on_message(&pipe_obs(20, 1, Direction::Read, 6), message(&second));
+    c.on_message(&pipe_obs(20, 2, Direction::Write, 7), message(result));
+    c.on_message(&pipe_obs(10, 2, Direction::Read, 8), message(result));
+    let events = events.lock().expect("lock");
+    let names: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Exchange(x) => Some(x.server.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(names, ["weather"; 4], "{events:?}");
+}

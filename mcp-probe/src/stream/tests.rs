@@ -7,7 +7,7 @@ use prometheus_client::{encoding::text::encode, registry::Registry};
 
 use super::*;
 use crate::{
-    decode::encode as encode_record,
+    decode::{decode, encode as encode_record},
     health::Health,
     metrics::Metrics,
     stitch::StitchConfig,

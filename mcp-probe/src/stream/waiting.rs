@@ -19,13 +19,19 @@ use std::{
     time::{Duration, Instant},
 };
 
+use mcp_probe_common::{EventKind, StreamKind};
+
 use crate::{
-    model::{ServerRef, StreamKey, Transport},
+    decode::{decode, Record},
+    identity::Identity,
+    lookups::{Found, Lookup},
+    metrics::ReasonLabels,
+    model::{ServerRef, StreamControl, StreamKey, Transport},
     sockets::{Peer, PeerEnd, SocketInfo},
     HashMap, HashSet,
 };
 
-use super::connection::Link;
+use super::{connection::Link, stream_of, Pipeline};
 
 /// Bytes of records held for lookups at most.
 pub const MAX_WAITING_BYTES: usize = 16 << 20;
@@ -219,6 +225,223 @@ pub fn without_lookup(socket: Option<&SocketInfo>) -> Link {
                 Peer::Unix(path) => format!("unix:{path}").into(),
             })
         }),
+    }
+}
+
+/// The pipeline's side: what waits, the lookups it asks, the answers it applies.
+impl<C: StreamControl> Pipeline<C> {
+    /// A record, now or, when it needs a lookup's answer or records wait before it, once
+    /// the answer is in.
+    pub(super) fn handle(&mut self, bytes: &[u8]) {
+        let Ok(record) = decode(bytes) else {
+            self.metrics
+                .parse_errors
+                .get_or_create(&ReasonLabels { reason: "decode" })
+                .inc();
+            return;
+        };
+        if self.waiting.holds_records() || self.needs_lookup(&record) {
+            self.waiting.push(bytes);
+            self.metrics
+                .lookup_waiting_bytes
+                .set(self.waiting.bytes() as i64);
+        } else {
+            self.on_record(&record);
+        }
+    }
+
+    /// Whether `r` needs a lookup's answer first: its process is being identified, or it
+    /// is the first record of a socket whose peer is not known (the lookups are asked
+    /// here, once).
+    pub(super) fn needs_lookup(&mut self, r: &Record<'_>) -> bool {
+        match r.kind {
+            EventKind::ProcessExit | EventKind::Followed | EventKind::SocketInfo => return false,
+            EventKind::Data | EventKind::Gap | EventKind::Close | EventKind::Error => {}
+        }
+        self.first_sight(r.tgid, r.comm());
+        if self.waiting.is_identifying(r.tgid) {
+            return true;
+        }
+        let stream = stream_of(r);
+        let linked = self
+            .connections
+            .get(&stream)
+            .is_some_and(|c| c.link.is_some());
+        if r.kind == EventKind::Close || linked {
+            return false;
+        }
+        if self.waiting.is_peer_pending(&stream) {
+            return true;
+        }
+        match self.link_now(r) {
+            Some(link) => {
+                self.peers.answer(stream, link);
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// What carries a new stream, from what is known now; else its peer is asked for
+    /// (None: the stream waits for the answer).
+    pub(super) fn link_now(&mut self, r: &Record<'_>) -> Option<Link> {
+        let stream = stream_of(r);
+        if r.stream_kind == StreamKind::Pipe {
+            return Some(Link {
+                transport: Transport::Pipe,
+                peer: None,
+            });
+        }
+        if let Some(link) = self.peers.take(&stream) {
+            return Some(link);
+        }
+        let socket = self.connections.get(&stream).and_then(|c| c.socket.clone());
+        if let Some(link) = socket.as_ref().and_then(|s| self.peers.known(r.tgid, s)) {
+            return Some(link);
+        }
+        let asked = self.lookups.ask(Lookup::Peer {
+            stream,
+            tgid: r.tgid,
+            socket: socket.clone(),
+        });
+        if asked {
+            self.waiting.await_peer(stream);
+            None
+        } else {
+            Some(without_lookup(socket.as_ref()))
+        }
+    }
+
+    /// Applies the lookups' answers that arrived, and handles the records that waited for
+    /// them. Called after each record while something waits, and when the lookup thread
+    /// signals.
+    pub fn on_lookups(&mut self) {
+        loop {
+            let answers = self.lookups.answers();
+            if answers.is_empty() {
+                break;
+            }
+            for found in answers {
+                self.apply(found);
+            }
+            self.release_ready();
+        }
+        self.metrics
+            .lookup_waiting_bytes
+            .set(self.waiting.bytes() as i64);
+    }
+
+    /// Answers the lookups held (with [`Lookups::held`]) until none is asked any more.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn release_lookups(&mut self) {
+        while self.lookups.release() {
+            self.on_lookups();
+        }
+    }
+
+    /// The lookup thread's wake-up descriptor (readable when answers are in).
+    pub fn lookups_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.lookups.wake_fd()
+    }
+
+    /// The lookup thread signalled: reset its signal, apply what it answered.
+    pub fn on_lookups_signal(&mut self) {
+        self.lookups.acknowledge_wake();
+        self.on_lookups();
+    }
+
+    pub(super) fn apply(&mut self, found: Found) {
+        match found {
+            Found::Peer {
+                stream,
+                tgid,
+                socket,
+                end,
+                server,
+            } => {
+                self.peers.learn(tgid, &socket, &end);
+                if let Some((pid, identity)) = server {
+                    if !self.stitcher.is_identified(pid) {
+                        self.stitcher.on_identified(pid, identity);
+                    }
+                }
+                if self.waiting.peer_answered(&stream) {
+                    let link = Link {
+                        transport: socket.transport,
+                        peer: end.server(),
+                    };
+                    if self
+                        .connections
+                        .get(&stream)
+                        .is_none_or(|c| c.socket.is_none())
+                    {
+                        self.connections.set_socket(stream, socket);
+                    }
+                    self.peers.answer(stream, link);
+                }
+            }
+            Found::Process { tgid, identity } => {
+                self.waiting.identified(tgid);
+                self.stitcher.on_identified(tgid, identity);
+            }
+        }
+    }
+
+    /// Handles, in ring order, the waiting records whose lookups are answered, up to the
+    /// first that still needs one.
+    pub(super) fn release_ready(&mut self) {
+        while let Some((since, bytes)) = self.waiting.pop() {
+            // Records are decoded before they wait.
+            let Ok(record) = decode(&bytes) else {
+                continue;
+            };
+            if self.needs_lookup(&record) {
+                self.waiting.unpop(since, bytes);
+                break;
+            }
+            self.on_record(&record);
+        }
+        self.metrics
+            .lookup_waiting_bytes
+            .set(self.waiting.bytes() as i64);
+    }
+
+    /// The record at the head has waited too long, or too much waits behind it: it goes
+    /// on without the answers it waits for (a socket named by its address, a process by
+    /// its comm), counted as shed lookups.
+    pub(super) fn give_up_overdue(&mut self) {
+        while let Some(reason) = self.waiting.head_is_overdue(Instant::now()) {
+            let Some((since, front)) = self.waiting.pop() else {
+                break;
+            };
+            let Ok(r) = decode(&front) else {
+                continue;
+            };
+            let (tgid, stream, kind) = (r.tgid, stream_of(&r), r.stream_kind);
+            self.waiting.unpop(since, front);
+            let mut gave_up = false;
+            if self.waiting.is_identifying(tgid) {
+                // Identified with nothing (its comm stays its name), so that it is not
+                // asked for again; a late answer still fills it in.
+                self.waiting.identified(tgid);
+                self.stitcher.on_identified(tgid, Identity::default());
+                self.metrics.shed_lookup("process", reason);
+                gave_up = true;
+            }
+            if self.waiting.peer_answered(&stream) {
+                let socket = self.connections.get(&stream).and_then(|c| c.socket.clone());
+                if kind == StreamKind::Socket {
+                    self.peers.answer(stream, without_lookup(socket.as_ref()));
+                }
+                self.metrics.shed_lookup("peer", reason);
+                gave_up = true;
+            }
+            let before = self.waiting.len();
+            self.release_ready();
+            if !gave_up && self.waiting.len() >= before {
+                break; // nothing left to give up on (cannot happen)
+            }
+        }
     }
 }
 

@@ -90,8 +90,14 @@ impl Work {
                 tgid,
                 socket,
             } => {
-                let socket =
-                    socket.unwrap_or_else(|| sockets::lookup(&*self.host, tgid, stream.ino));
+                let socket = socket.unwrap_or_else(|| {
+                    tracing::debug!(
+                        tgid,
+                        ino = stream.ino,
+                        "no socket record: reading the host's tables"
+                    );
+                    sockets::lookup(&*self.host, tgid, stream.ino)
+                });
                 let end = self.servers.peer_end(tgid, &socket);
                 let server = match &end {
                     PeerEnd::Server(ServerRef::Process(pid)) => {

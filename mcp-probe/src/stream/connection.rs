@@ -62,6 +62,10 @@ pub(crate) struct Connection {
     pub exchange: HttpExchange,
     /// The socket's identity as the kernel reported it when following started.
     pub socket: Option<SocketInfo>,
+    /// The socket's identity came in since the last sweep: its first data record may
+    /// still be on its way (the kernel writes the two back to back, but a drain can fall
+    /// between them), so the sweep keeps it once.
+    socket_is_new: bool,
 }
 
 pub(crate) fn index(d: Direction) -> usize {
@@ -183,6 +187,7 @@ impl Connections {
             self.sockets += 1;
         }
         conn.socket = Some(info);
+        conn.socket_is_new = true;
     }
 
     /// Direction `d` of the stream is followed.
@@ -250,11 +255,14 @@ impl Connections {
     }
 
     /// Drops the connections no direction is followed on (their sockets' identities, the
-    /// requests their exchanges waited for).
+    /// requests their exchanges waited for), but a socket identity that came in since the
+    /// last sweep: else a drain that falls between the kernel's socket record and the
+    /// stream's first data loses the identity, and the socket must be looked up in the
+    /// host's tables (`/proc/PID/net/tcp`, whose cost grows with the host's sockets).
     pub fn sweep_unfollowed(&mut self) {
         let sockets = &mut self.sockets;
         self.map.retain(|_, c| {
-            let keep = c.is_followed();
+            let keep = c.is_followed() || std::mem::take(&mut c.socket_is_new);
             if !keep && c.socket.is_some() {
                 *sockets -= 1;
             }
@@ -298,5 +306,29 @@ impl Connections {
             }
         }
         metrics.evicted("stream", n as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_socket_identity_outlives_one_sweep_without_data() {
+        let mut c = Connections::new(1 << 20);
+        let stream = StreamKey { addr: 1, ino: 1 };
+        let info = SocketInfo {
+            transport: Transport::Tcp,
+            peer: None,
+            local: None,
+        };
+        c.set_socket(stream, info);
+        // A drain ended between the socket record and the first data: the sweep keeps it.
+        c.sweep_unfollowed();
+        assert!(c.get(&stream).is_some_and(|conn| conn.socket.is_some()));
+        // Still no data a sweep later: gone, and counted out of the socket bound.
+        c.sweep_unfollowed();
+        assert!(c.get(&stream).is_none());
+        assert_eq!(c.sockets, 0);
     }
 }

@@ -27,6 +27,17 @@ pub enum Peer {
     Unix(String),
 }
 
+impl Peer {
+    /// The server at this address when no local process is known to serve it:
+    /// `host:port` or `unix:PATH`.
+    pub fn endpoint(&self) -> ServerRef {
+        ServerRef::Endpoint(match self {
+            Peer::Tcp(addr) => Arc::from(addr.to_string()),
+            Peer::Unix(path) => Arc::from(format!("unix:{path}")),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SocketInfo {
     /// `tcp`, `unix`, or `unix` when the socket is not found (closed already).
@@ -207,6 +218,7 @@ impl Servers {
 
     /// The socket whose local end is `local`, in `tgid`'s namespace, was accepted from a
     /// listener (this end serves).
+    #[cfg(test)]
     pub fn is_accepted(&mut self, tgid: u32, local: SocketAddr) -> bool {
         let Some(netns) = self.host.netns(tgid) else {
             return false;
@@ -214,6 +226,7 @@ impl Servers {
         self.tcp_listener(tgid, netns, local).is_some()
     }
 
+    #[cfg(test)]
     pub fn resolve(&mut self, tgid: u32, peer: Peer) -> ServerRef {
         let netns = self.host.netns(tgid).unwrap_or(0);
         self.resolve_in(tgid, netns, peer)
@@ -234,10 +247,7 @@ impl Servers {
         let server = listener
             .and_then(|inode| self.owner(inode))
             .map(ServerRef::Process)
-            .unwrap_or_else(|| match &peer {
-                Peer::Tcp(addr) => ServerRef::Endpoint(Arc::from(addr.to_string())),
-                Peer::Unix(path) => ServerRef::Endpoint(Arc::from(format!("unix:{path}"))),
-            });
+            .unwrap_or_else(|| peer.endpoint());
         if self.cache.len() > MAX_ENTRIES {
             self.cache.retain(|_, (at, _)| at.elapsed() < CACHE_FOR);
         }

@@ -182,7 +182,6 @@ impl<C: StreamControl> Pipeline<C> {
     fn on_data(&mut self, r: &Record<'_>) -> bool {
         let stream = stream_of(r);
         let direction = r.direction();
-        self.first_sight(r.tgid, r.comm());
         if self.connections.directions() >= self.config.max_streams
             && !self.connections.follows(&stream, direction)
         {
@@ -193,7 +192,7 @@ impl<C: StreamControl> Pipeline<C> {
         let (conn, budget) = self.connections.follow(
             stream,
             direction,
-            // Known by now (see `must_wait`).
+            // Known by now (see `needs_lookup`).
             |socket| {
                 peers.take(&stream).unwrap_or_else(|| match r.stream_kind {
                     StreamKind::Pipe => Link {
@@ -430,7 +429,7 @@ impl<C: StreamControl> Pipeline<C> {
         let (client, transport, peer) = match known {
             Some(k) => k,
             None => {
-                // Known by now (see `must_wait`), else from the link or the socket.
+                // Known by now (see `needs_lookup`), else from the link or the socket.
                 let link = self
                     .peers
                     .take(&stream)

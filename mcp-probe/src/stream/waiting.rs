@@ -219,12 +219,7 @@ fn bounded<K, V>(table: &mut HashMap<K, V>) {
 pub fn without_lookup(socket: Option<&SocketInfo>) -> Link {
     Link {
         transport: socket.map_or(Transport::Tcp, |s| s.transport),
-        peer: socket.and_then(|s| s.peer.as_ref()).map(|peer| {
-            ServerRef::Endpoint(match peer {
-                Peer::Tcp(addr) => addr.to_string().into(),
-                Peer::Unix(path) => format!("unix:{path}").into(),
-            })
-        }),
+        peer: socket.and_then(|s| s.peer.as_ref()).map(Peer::endpoint),
     }
 }
 
